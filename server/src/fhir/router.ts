@@ -1,0 +1,124 @@
+import { allOk, badRequest, isOk, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
+import { FhirRouter } from '@medplum/fhir-router';
+import type { FhirRepository, FhirRequest, FhirResponse, FhirRouteHandler } from '@medplum/fhir-router';
+import type { Bundle } from '@medplum/fhirtypes';
+import { expandOperation } from './operations/expand.ts';
+import { validateOperation } from './operations/validate.ts';
+import { PostgresRepository } from './repo/postgres-repository.ts';
+
+/** The FHIR router: fhir-router's REST semantics plus ermis's history routes and operations. */
+export function createFhirRouter(): FhirRouter {
+  const router = new FhirRouter();
+  // fhir-router's instance history ignores _since; replace it (same path, so remove theirs first).
+  const routes = router.router.routes;
+  const index = routes.findIndex((r) => r.method === 'GET' && r.path.map((p) => p.value).join('/') === 'resourceType/id/_history');
+  if (index >= 0) {
+    routes.splice(index, 1);
+  }
+  router.add('GET', ':resourceType/:id/_history', withRepo(historyInstance), 'history-instance');
+  router.add('GET', ':resourceType/_history', withRepo(historyType), 'history-type');
+  router.add('GET', '_history', withRepo(historySystem), 'history-system');
+  router.add('POST', ':resourceType/$validate', withRepo(validateOperation));
+  router.add('GET', 'ValueSet/$expand', withRepo(expandOperation));
+  router.add('POST', 'ValueSet/$expand', withRepo(expandOperation));
+  router.add('GET', '$versions', async () => [allOk, { resourceType: 'Parameters', parameter: [{ name: 'version', valueCode: '4.0' }, { name: 'default', valueCode: '4.0' }] }]);
+  return router;
+}
+
+function withRepo(handler: (req: FhirRequest, repo: PostgresRepository) => Promise<FhirResponse>): FhirRouteHandler {
+  return (req: FhirRequest, repo: FhirRepository) => {
+    if (!(repo instanceof PostgresRepository)) {
+      throw new Error('ermis routes need the Postgres repository');
+    }
+    return handler(req, repo);
+  };
+}
+
+function historyOptions(req: FhirRequest): { limit?: number; offset?: number; since?: string } {
+  const int = (name: string): number | undefined => {
+    const raw = req.query[name];
+    if (raw === undefined) {
+      return undefined;
+    }
+    const n = Number(Array.isArray(raw) ? raw[0] : raw);
+    if (!Number.isInteger(n) || n < 0) {
+      throw new OperationOutcomeError(badRequest(`Invalid ${name}`, name));
+    }
+    return n;
+  };
+  const since = req.query._since;
+  return { limit: int('_count'), offset: int('_offset'), since: Array.isArray(since) ? since[0] : since };
+}
+
+async function historyInstance(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  return [allOk, await repo.readHistory(req.params.resourceType, req.params.id, historyOptions(req))];
+}
+
+async function historyType(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  return [allOk, await repo.readTypeHistory(req.params.resourceType, historyOptions(req))];
+}
+
+async function historySystem(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  return [allOk, await repo.readTypeHistory(undefined, historyOptions(req))];
+}
+
+/**
+ * Handles one FHIR request. A transaction Bundle runs entirely inside one database transaction,
+ * including fhir-router's resolution of conditional entries (which it would otherwise do before
+ * the transaction), and with the advisory locks of its conditional criteria taken up front, in a
+ * fixed order so that concurrent transactions cannot deadlock on them.
+ */
+export async function handleFhirRequest(router: FhirRouter, repo: PostgresRepository, req: FhirRequest): Promise<FhirResponse> {
+  const bundle = req.body as Bundle | undefined;
+  const isTransaction =
+    req.method === 'POST' && stripQuery(req.url).replace(/^\/+/, '') === '' && bundle?.resourceType === 'Bundle' && bundle.type === 'transaction';
+  if (!isTransaction) {
+    return router.handleRequest(req, repo);
+  }
+  try {
+    return await repo.withTransaction(async (tx) => {
+      for (const criteria of conditionalCriteria(bundle)) {
+        await tx.lockCriteria(parseSearchRequest(criteria));
+      }
+      const response = await router.handleRequest(req, tx);
+      if (!isOk(response[0])) {
+        throw new RolledBack(response);
+      }
+      return response;
+    });
+  } catch (err) {
+    if (err instanceof RolledBack) {
+      return err.response;
+    }
+    throw err;
+  }
+}
+
+class RolledBack extends Error {
+  readonly response: FhirResponse;
+  constructor(response: FhirResponse) {
+    super('transaction rolled back');
+    this.response = response;
+  }
+}
+
+function conditionalCriteria(bundle: Bundle): string[] {
+  const criteria = new Set<string>();
+  for (const entry of bundle.entry ?? []) {
+    const request = entry.request;
+    if (!request?.url) {
+      continue;
+    }
+    if (request.method === 'POST' && request.ifNoneExist) {
+      criteria.add(`${stripQuery(request.url)}?${request.ifNoneExist}`);
+    } else if (request.method !== 'GET' && request.method !== 'POST' && request.url.includes('?')) {
+      criteria.add(request.url);
+    }
+  }
+  return [...criteria].sort();
+}
+
+function stripQuery(url: string): string {
+  const q = url.indexOf('?');
+  return q < 0 ? url : url.slice(0, q);
+}

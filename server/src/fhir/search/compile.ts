@@ -1,0 +1,484 @@
+import { badRequest, getSearchParameters, Operator, OperationOutcomeError, parseFilterParameter } from '@medplum/core';
+import type { Filter, SearchRequest, SortRule } from '@medplum/core';
+import type { SearchParameter } from '@medplum/fhirtypes';
+import { parseDateRange } from './dates.ts';
+import { normalizeText, parseReferenceString, precisionHalfStep } from './index-values.ts';
+import type { ParamRegistry } from './param-registry.ts';
+
+/** Collects bind parameters while SQL text is assembled, so values never enter the SQL string. */
+export class SqlParams {
+  readonly values: unknown[] = [];
+  add(value: unknown): string {
+    this.values.push(value);
+    return '$' + this.values.length;
+  }
+}
+
+export interface CompileContext {
+  registry: ParamRegistry;
+  /** Projects whose rows the caller may see. */
+  projects: readonly string[];
+}
+
+/** A compiled search: the WHERE clause over `resource r` and the ORDER BY list. */
+export interface CompiledSearch {
+  where: string;
+  orderBy: string;
+  params: SqlParams;
+}
+
+/** Compiles the filters and sort rules of a search request for the given resource types. */
+export function compileSearch(
+  resourceTypes: readonly string[],
+  request: SearchRequest,
+  ctx: CompileContext
+): CompiledSearch {
+  const params = new SqlParams();
+  const compiler = new FilterCompiler(resourceTypes, ctx, params);
+  const clauses = [
+    resourceTypes.length === 1
+      ? `r.resource_type = ${params.add(resourceTypes[0])}`
+      : `r.resource_type = ANY(${params.add(resourceTypes)}::text[])`,
+    `r.project_id = ANY(${params.add(ctx.projects)}::uuid[])`,
+    'NOT r.deleted',
+  ];
+  for (const filter of request.filters ?? []) {
+    clauses.push(compiler.filter(filter));
+  }
+  return { where: clauses.join(' AND '), orderBy: compiler.orderBy(request.sortRules), params };
+}
+
+class FilterCompiler {
+  private readonly types: readonly string[];
+  private readonly ctx: CompileContext;
+  private readonly p: SqlParams;
+
+  constructor(types: readonly string[], ctx: CompileContext, params: SqlParams) {
+    this.types = types;
+    this.ctx = ctx;
+    this.p = params;
+  }
+
+  filter(filter: Filter): string {
+    const { code } = filter;
+    if (code === '_filter') {
+      return this.filterExpression(parseFilterExpression(filter.value));
+    }
+    if (code === '_id') {
+      return this.idFilter(filter);
+    }
+    if (code === '_lastUpdated') {
+      return orAll(splitValues(filter.value).map((v) => dateCondition(this.p, 'r.last_updated', 'r.last_updated', filter.operator, v)));
+    }
+    if (code.startsWith('_has:') || code.includes('.')) {
+      throw new OperationOutcomeError(badRequest(`Chained and _has searches are not supported yet: ${code}`));
+    }
+    const param = this.searchParam(code);
+    const ids = this.paramIds(code);
+    if (filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) {
+      const missing = (filter.operator === Operator.MISSING) === (filter.value === 'true');
+      const exists = this.existsAny(param, ids, 'TRUE');
+      return missing ? `NOT ${exists}` : exists;
+    }
+    switch (param.type) {
+      case 'token':
+      case 'uri':
+        return this.tokenFilter(param, ids, filter);
+      case 'string':
+        return this.stringFilter(ids, filter);
+      case 'date':
+        return this.dateFilter(ids, filter);
+      case 'number':
+      case 'quantity':
+        return this.quantityFilter(param, ids, filter);
+      case 'reference':
+        return this.referenceFilter(ids, filter);
+      default:
+        throw new OperationOutcomeError(badRequest(`Search on ${param.type} parameter ${code} is not supported`));
+    }
+  }
+
+  orderBy(rules: SortRule[] | undefined): string {
+    const keys: string[] = [];
+    for (const rule of rules ?? []) {
+      const dir = rule.descending ? 'DESC' : 'ASC';
+      if (rule.code === '_id') {
+        keys.push(`r.id ${dir}`);
+      } else if (rule.code === '_lastUpdated') {
+        keys.push(`r.last_updated ${dir}`);
+      } else {
+        const param = this.searchParam(rule.code);
+        const ids = this.p.add(this.paramIds(rule.code));
+        const agg = rule.descending ? 'max' : 'min';
+        const column = sortColumn(param, rule.descending);
+        keys.push(
+          `(SELECT ${agg}(${column}) FROM ${indexTable(param)} s WHERE s.rid = r.rid AND s.param = ANY(${ids}::int[])) ${dir} NULLS LAST`
+        );
+      }
+    }
+    keys.push('r.rid ASC');
+    return keys.join(', ');
+  }
+
+  private searchParam(code: string): SearchParameter {
+    for (const type of this.types) {
+      const param = getSearchParameters(type)?.[code];
+      if (param) {
+        return param;
+      }
+    }
+    throw new OperationOutcomeError(badRequest(`Unknown search parameter: ${code}`, code));
+  }
+
+  private paramIds(code: string): number[] {
+    const ids: number[] = [];
+    for (const type of this.types) {
+      const id = this.ctx.registry.get(type, code);
+      if (id !== undefined) {
+        ids.push(id);
+      }
+    }
+    return ids;
+  }
+
+  private existsAny(param: SearchParameter, ids: number[], condition: string): string {
+    const paramIds = ids.length === 1 ? `s.param = ${this.p.add(ids[0])}` : `s.param = ANY(${this.p.add(ids)}::int[])`;
+    return `EXISTS (SELECT 1 FROM ${indexTable(param)} s WHERE s.rid = r.rid AND ${paramIds} AND (${condition}))`;
+  }
+
+  private idFilter(filter: Filter): string {
+    const values = splitValues(filter.value);
+    const match = `r.id = ANY(${this.p.add(values)}::text[])`;
+    if (filter.operator === Operator.NOT || filter.operator === Operator.NOT_EQUALS) {
+      return `NOT (${match})`;
+    }
+    return match;
+  }
+
+  private tokenFilter(param: SearchParameter, ids: number[], filter: Filter): string {
+    const values = splitValues(filter.value);
+    switch (filter.operator) {
+      case Operator.EQUALS:
+      case Operator.EXACT:
+        return this.existsAny(param, ids, orAll(values.map((v) => this.tokenValue(v))));
+      case Operator.NOT:
+      case Operator.NOT_EQUALS:
+        return `NOT ${this.existsAny(param, ids, orAll(values.map((v) => this.tokenValue(v))))}`;
+      case Operator.TEXT:
+        return this.existsAny(
+          param,
+          ids,
+          orAll(values.map((v) => `s.text LIKE ${this.p.add('%' + escapeLike(normalizeText(v)) + '%')}`))
+        );
+      case Operator.BELOW:
+        if (param.type === 'uri') {
+          return this.existsAny(param, ids, orAll(values.map((v) => `s.code LIKE ${this.p.add(escapeLike(v) + '%')}`)));
+        }
+        break;
+      case Operator.ABOVE:
+        if (param.type === 'uri') {
+          return this.existsAny(param, ids, orAll(values.map((v) => `${this.p.add(v)} LIKE s.code || '%'`)));
+        }
+        break;
+    }
+    throw new OperationOutcomeError(
+      badRequest(`Modifier :${filter.operator} is not supported for ${param.type} parameter ${filter.code}`)
+    );
+  }
+
+  private tokenValue(value: string): string {
+    const bar = value.indexOf('|');
+    if (bar < 0) {
+      return `s.code = ${this.p.add(value)}`;
+    }
+    const system = value.slice(0, bar);
+    const code = value.slice(bar + 1);
+    if (!system) {
+      return `(s.code = ${this.p.add(code)} AND s.system IS NULL)`;
+    }
+    if (!code) {
+      return `s.system = ${this.p.add(system)}`;
+    }
+    return `(s.code = ${this.p.add(code)} AND s.system = ${this.p.add(system)})`;
+  }
+
+  private stringFilter(ids: number[], filter: Filter): string {
+    const values = splitValues(filter.value);
+    const stringParam = { type: 'string' } as SearchParameter;
+    switch (filter.operator) {
+      case Operator.EQUALS:
+      case Operator.STARTS_WITH:
+        return this.existsAny(
+          stringParam,
+          ids,
+          orAll(values.map((v) => `s.norm LIKE ${this.p.add(escapeLike(normalizeText(v)) + '%')}`))
+        );
+      case Operator.EXACT:
+        return this.existsAny(stringParam, ids, orAll(values.map((v) => `s.exact = ${this.p.add(v)}`)));
+      case Operator.CONTAINS:
+        return this.existsAny(
+          stringParam,
+          ids,
+          orAll(values.map((v) => `s.norm LIKE ${this.p.add('%' + escapeLike(normalizeText(v)) + '%')}`))
+        );
+      case Operator.NOT_EQUALS:
+      case Operator.NOT:
+        return `NOT ${this.existsAny(stringParam, ids, orAll(values.map((v) => `s.norm = ${this.p.add(normalizeText(v))}`)))}`;
+      default:
+        throw new OperationOutcomeError(
+          badRequest(`Modifier :${filter.operator} is not supported for string parameter ${filter.code}`)
+        );
+    }
+  }
+
+  private dateFilter(ids: number[], filter: Filter): string {
+    const dateParam = { type: 'date' } as SearchParameter;
+    const values = splitValues(filter.value);
+    if (filter.operator === Operator.NOT_EQUALS) {
+      const eq = orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', Operator.EQUALS, v)));
+      return `NOT ${this.existsAny(dateParam, ids, eq)}`;
+    }
+    return this.existsAny(
+      dateParam,
+      ids,
+      orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', filter.operator, v)))
+    );
+  }
+
+  private quantityFilter(param: SearchParameter, ids: number[], filter: Filter): string {
+    const conditions = splitValues(filter.value).map((raw) => {
+      const [numberText, system, code] = raw.split('|');
+      const n = Number(numberText);
+      if (numberText === '' || !Number.isFinite(n)) {
+        throw new OperationOutcomeError(badRequest(`Invalid ${param.type} search value: ${raw}`, filter.code));
+      }
+      const parts = [numberCondition(this.p, filter.operator, n)];
+      if (system) {
+        parts.push(`s.system = ${this.p.add(system)}`);
+      }
+      if (code) {
+        parts.push(`s.code = ${this.p.add(code)}`);
+      }
+      return '(' + parts.join(' AND ') + ')';
+    });
+    if (filter.operator === Operator.NOT_EQUALS) {
+      // numberCondition gives the eq condition for ne; the negation wraps it here.
+      return `NOT ${this.existsAny(param, ids, orAll(conditions))}`;
+    }
+    return this.existsAny(param, ids, orAll(conditions));
+  }
+
+  private referenceFilter(ids: number[], filter: Filter): string {
+    const values = splitValues(filter.value);
+    if (filter.operator === Operator.IDENTIFIER) {
+      return this.existsAny({ type: 'token' } as SearchParameter, ids, orAll(values.map((v) => this.tokenValue(v))));
+    }
+    const referenceParam = { type: 'reference' } as SearchParameter;
+    const condition = orAll(
+      values.map((v) => {
+        const parsed = parseReferenceString(v);
+        if (parsed) {
+          return `((s.target_id = ${this.p.add(parsed.id)} AND s.target_type = ${this.p.add(parsed.resourceType)}) OR s.ref = ${this.p.add(v)})`;
+        }
+        if (v.includes('/') || v.includes(':')) {
+          // canonical URL, optionally with |version
+          const url = v.split('|')[0];
+          return `(s.ref = ${this.p.add(v)} OR s.ref = ${this.p.add(url)} OR s.ref LIKE ${this.p.add(escapeLike(url) + '|%')})`;
+        }
+        return `s.target_id = ${this.p.add(v)}`;
+      })
+    );
+    if (filter.operator === Operator.NOT || filter.operator === Operator.NOT_EQUALS) {
+      return `NOT ${this.existsAny(referenceParam, ids, condition)}`;
+    }
+    if (filter.operator !== Operator.EQUALS) {
+      throw new OperationOutcomeError(
+        badRequest(`Modifier :${filter.operator} is not supported for reference parameter ${filter.code}`)
+      );
+    }
+    return this.existsAny(referenceParam, ids, condition);
+  }
+
+  private filterExpression(expr: FilterExpressionNode): string {
+    switch (expr.kind) {
+      case 'and':
+        return `(${this.filterExpression(expr.left)} AND ${this.filterExpression(expr.right)})`;
+      case 'or':
+        return `(${this.filterExpression(expr.left)} OR ${this.filterExpression(expr.right)})`;
+      case 'not':
+        return `NOT (${this.filterExpression(expr.child)})`;
+      case 'compare':
+        return this.filter(expr.filter);
+    }
+  }
+}
+
+type FilterExpressionNode =
+  | { kind: 'and' | 'or'; left: FilterExpressionNode; right: FilterExpressionNode }
+  | { kind: 'not'; child: FilterExpressionNode }
+  | { kind: 'compare'; filter: Filter };
+
+/** Turns core's `_filter` parse tree into plain filters joined by and/or/not. */
+export function parseFilterExpression(input: string): FilterExpressionNode {
+  let parsed: unknown;
+  try {
+    parsed = parseFilterParameter(input);
+  } catch (err) {
+    throw new OperationOutcomeError(badRequest(`Invalid _filter: ${(err as Error).message}`, '_filter'));
+  }
+  return convertFilterTree(parsed);
+}
+
+function convertFilterTree(node: unknown): FilterExpressionNode {
+  const n = node as Record<string, unknown>;
+  if ('keyword' in n) {
+    return {
+      kind: n.keyword as 'and' | 'or',
+      left: convertFilterTree(n.left),
+      right: convertFilterTree(n.right),
+    };
+  }
+  if ('child' in n) {
+    return { kind: 'not', child: convertFilterTree(n.child) };
+  }
+  const operator = n.operator as Operator;
+  return {
+    kind: 'compare',
+    filter: { code: n.path as string, operator: operator === Operator.STARTS_WITH ? Operator.EQUALS : operator, value: n.value as string },
+  };
+}
+
+/**
+ * Date comparison with range semantics: the stored value covers [low, high], the search value the
+ * range its precision implies. https://hl7.org/fhir/R4/search.html#prefix
+ */
+function dateCondition(p: SqlParams, low: string, high: string, operator: Operator, value: string): string {
+  const range = parseDateRange(value);
+  if (!range) {
+    throw new OperationOutcomeError(badRequest(`Invalid date search value: ${value}`));
+  }
+  const sl = p.add(range.low.toISOString()) + '::timestamptz';
+  const sh = p.add(range.high.toISOString()) + '::timestamptz';
+  switch (operator) {
+    case Operator.EQUALS:
+      return `(${low} >= ${sl} AND ${high} <= ${sh})`;
+    case Operator.NOT_EQUALS:
+      return `NOT (${low} >= ${sl} AND ${high} <= ${sh})`;
+    case Operator.GREATER_THAN:
+      return `${high} > ${sh}`;
+    case Operator.LESS_THAN:
+      return `${low} < ${sl}`;
+    case Operator.GREATER_THAN_OR_EQUALS:
+      return `(${high} > ${sh} OR (${low} >= ${sl} AND ${high} <= ${sh}))`;
+    case Operator.LESS_THAN_OR_EQUALS:
+      return `(${low} < ${sl} OR (${low} >= ${sl} AND ${high} <= ${sh}))`;
+    case Operator.STARTS_AFTER:
+      return `${low} > ${sh}`;
+    case Operator.ENDS_BEFORE:
+      return `${high} < ${sl}`;
+    case Operator.APPROXIMATELY: {
+      // ap: overlap with the search range widened by 10% of its distance from now.
+      const now = Date.now();
+      const margin = Math.abs(now - range.low.getTime()) * 0.1;
+      const al = p.add(new Date(range.low.getTime() - margin).toISOString()) + '::timestamptz';
+      const ah = p.add(new Date(range.high.getTime() + margin).toISOString()) + '::timestamptz';
+      return `(${low} <= ${ah} AND ${high} >= ${al})`;
+    }
+    default:
+      throw new OperationOutcomeError(badRequest(`Operator ${operator} is not supported for dates`));
+  }
+}
+
+/** Number comparison; `eq` honours the precision of the search value (100 matches [99.5, 100.5)). */
+function numberCondition(p: SqlParams, operator: Operator, n: number): string {
+  const v = p.add(String(n)) + '::numeric';
+  const half = precisionHalfStep(n);
+  const lo = p.add(String(n - half)) + '::numeric';
+  const hi = p.add(String(n + half)) + '::numeric';
+  switch (operator) {
+    case Operator.EQUALS:
+    case Operator.NOT_EQUALS:
+      return `((s.value IS NOT NULL AND s.value >= ${lo} AND s.value < ${hi}) OR (s.value IS NULL AND s.low >= ${lo} AND s.high <= ${hi}))`;
+    case Operator.GREATER_THAN:
+    case Operator.STARTS_AFTER:
+      return `coalesce(s.value, s.high) > ${v}`;
+    case Operator.LESS_THAN:
+    case Operator.ENDS_BEFORE:
+      return `coalesce(s.value, s.low) < ${v}`;
+    case Operator.GREATER_THAN_OR_EQUALS:
+      return `coalesce(s.value, s.high) >= ${v}`;
+    case Operator.LESS_THAN_OR_EQUALS:
+      return `coalesce(s.value, s.low) <= ${v}`;
+    case Operator.APPROXIMATELY: {
+      const margin = Math.abs(n) * 0.1;
+      return `coalesce(s.value, s.low) BETWEEN ${p.add(String(n - margin))}::numeric AND ${p.add(String(n + margin))}::numeric`;
+    }
+    default:
+      throw new OperationOutcomeError(badRequest(`Operator ${operator} is not supported for numbers`));
+  }
+}
+
+function indexTable(param: SearchParameter): string {
+  switch (param.type) {
+    case 'token':
+    case 'uri':
+      return 'sp_token';
+    case 'string':
+      return 'sp_string';
+    case 'date':
+      return 'sp_date';
+    case 'number':
+    case 'quantity':
+      return 'sp_quantity';
+    case 'reference':
+      return 'sp_reference';
+    default:
+      throw new OperationOutcomeError(badRequest(`Parameter type ${param.type} has no index`));
+  }
+}
+
+function sortColumn(param: SearchParameter, descending: boolean | undefined): string {
+  switch (param.type) {
+    case 'token':
+    case 'uri':
+      return 's.code';
+    case 'string':
+      return 's.norm';
+    case 'date':
+      return descending ? 's.high' : 's.low';
+    case 'number':
+    case 'quantity':
+      return 'coalesce(s.value, s.low)';
+    case 'reference':
+      return 's.ref';
+    default:
+      throw new OperationOutcomeError(badRequest(`Cannot sort on ${param.type} parameter ${param.code}`));
+  }
+}
+
+/** Splits a search value on unescaped commas (the OR separator) and unescapes `\,` `\|` `\$` `\\`. */
+export function splitValues(value: string): string[] {
+  const result: string[] = [];
+  let current = '';
+  for (let i = 0; i < value.length; i++) {
+    const c = value[i];
+    if (c === '\\' && i + 1 < value.length) {
+      current += value[++i];
+    } else if (c === ',') {
+      result.push(current);
+      current = '';
+    } else {
+      current += c;
+    }
+  }
+  result.push(current);
+  return result;
+}
+
+function escapeLike(value: string): string {
+  return value.replace(/[\\%_]/g, (c) => '\\' + c);
+}
+
+function orAll(conditions: string[]): string {
+  return conditions.length === 1 ? conditions[0] : '(' + conditions.join(' OR ') + ')';
+}

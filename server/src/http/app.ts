@@ -1,0 +1,171 @@
+import compress from '@fastify/compress';
+import { allOk, badRequest, notFound, OperationOutcomeError } from '@medplum/core';
+import type { FhirRequest, HttpMethod } from '@medplum/fhir-router';
+import type { Binary, Resource } from '@medplum/fhirtypes';
+import Fastify from 'fastify';
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { readStoredBinary } from '../fhir/repo/storage-read.ts';
+import { handleFhirRequest } from '../fhir/router.ts';
+import type { ServerServices } from '../services.ts';
+import { VERSION } from '../services.ts';
+import { sendFhirResponse, sendJson } from './fhir-response.ts';
+import { parseJsonBody } from './json-body.ts';
+import { outcomeOf } from './outcomes.ts';
+
+const FHIR_PREFIX = '/fhir/R4';
+/** application/json, application/fhir+json, application/json-patch+json and any other +json type. */
+const JSON_TYPES = /^application\/([a-z0-9.+-]+\+)?json(-patch\+json)?$/;
+
+/** Builds the HTTP server: FHIR REST under /fhir/R4, raw Binary, signed storage URLs, health. */
+export async function buildApp(services: ServerServices): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: services.config.logLevel === 'silent' ? false : { level: services.config.logLevel },
+    bodyLimit: services.config.maxJsonBytes,
+    // Ids and queries are case-sensitive and may contain encoded characters; fhir-router does its own parsing.
+    routerOptions: { ignoreTrailingSlash: true, maxParamLength: 500 },
+  });
+  await app.register(compress, { global: true, threshold: 1024 });
+
+  app.setErrorHandler((err, request, reply) => {
+    const { status, outcome } = outcomeOf(err);
+    if (status >= 500) {
+      request.log.error({ err }, 'request failed');
+    }
+    reply.status(status);
+    return sendJson(request, reply, outcome);
+  });
+  app.setNotFoundHandler((request, reply) => {
+    reply.status(404);
+    return sendJson(request, reply, notFound);
+  });
+
+  app.get('/healthcheck', async (_request, reply) => {
+    let postgres = false;
+    try {
+      await services.pool.query('SELECT 1');
+      postgres = true;
+    } catch {
+      postgres = false;
+    }
+    const body = { ok: postgres, version: VERSION, platform: process.platform, runtime: process.version, postgres, redis: services.config.redisUrl ? false : undefined };
+    reply.status(postgres ? 200 : 503);
+    return body;
+  });
+  app.get('/', async () => ({ ok: true }));
+
+  await app.register(async (binary) => binaryRoutes(binary, services));
+  await app.register(async (fhir) => fhirRoutes(fhir, services));
+  return app;
+}
+
+/** JSON FHIR REST: everything under /fhir/R4 except raw Binary content. */
+async function fhirRoutes(app: FastifyInstance, services: ServerServices): Promise<void> {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(JSON_TYPES, { parseAs: 'buffer' }, (_req, body, done) => {
+    try {
+      done(null, parseJsonBody(body as Buffer));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
+  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
+    done(null, Object.fromEntries(new URLSearchParams(body as string)));
+  });
+
+  app.get(`${FHIR_PREFIX}/metadata`, async (request, reply) => sendJson(request, reply, services.capabilityStatement));
+
+  const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
+    const fhirRequest = toFhirRequest(request);
+    const response = await handleFhirRequest(services.router, services.repo(), fhirRequest);
+    return sendFhirResponse(request, reply, services, response);
+  };
+  app.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: `${FHIR_PREFIX}`, handler });
+  app.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: `${FHIR_PREFIX}/*`, handler });
+}
+
+function toFhirRequest(request: FastifyRequest): FhirRequest {
+  const url = request.url.slice(FHIR_PREFIX.length) || '/';
+  return {
+    method: request.method as HttpMethod,
+    url,
+    pathname: '',
+    params: {},
+    query: {},
+    body: request.body,
+    headers: request.headers,
+    config: { transactions: true, graphqlMaxDepth: 12, graphqlMaxSearches: 100 },
+  };
+}
+
+/**
+ * Binary content: `POST /fhir/R4/Binary` and `PUT /fhir/R4/Binary/{id}` take raw bytes of any type
+ * (a JSON Binary resource is stored as a resource); `GET` returns the bytes with their Content-Type
+ * unless FHIR JSON is asked for. `/storage/{id}` serves the signed URLs attachments carry.
+ */
+async function binaryRoutes(app: FastifyInstance, services: ServerServices): Promise<void> {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: services.config.maxBinaryBytes }, (_req, body, done) => {
+    done(null, body);
+  });
+
+  const writeBinary = async (request: FastifyRequest, reply: FastifyReply, id?: string): Promise<FastifyReply> => {
+    const contentType = (request.headers['content-type'] ?? 'application/octet-stream').split(';')[0].trim();
+    const body = (request.body as Buffer | undefined) ?? Buffer.alloc(0);
+    const repo = services.repo();
+    if (/json$/.test(contentType)) {
+      const parsed = parseJsonBody(body) as Resource | undefined;
+      if (parsed?.resourceType === 'Binary') {
+        const fhirRequest = toFhirRequest(request);
+        fhirRequest.body = parsed;
+        return sendFhirResponse(request, reply, services, await handleFhirRequest(services.router, repo, fhirRequest));
+      }
+    }
+    const securityContext = request.headers['x-security-context'];
+    const ifMatch = /W\/"([^"]+)"/.exec(String(request.headers['if-match'] ?? ''))?.[1];
+    const binary: Binary = id
+      ? await repo.updateBinary(id, contentType, body, ifMatch)
+      : await repo.createBinary(contentType, body, securityContext ? { reference: String(securityContext) } : undefined);
+    return sendFhirResponse(request, reply, services, [id ? allOk : { ...allOk, id: 'created' }, binary]);
+  };
+
+  app.post(`${FHIR_PREFIX}/Binary`, (request, reply) => writeBinary(request, reply));
+  app.put<{ Params: { id: string } }>(`${FHIR_PREFIX}/Binary/:id`, (request, reply) => writeBinary(request, reply, request.params.id));
+
+  const readBinary = async (
+    request: FastifyRequest<{ Params: { id: string; vid?: string } }>,
+    reply: FastifyReply
+  ): Promise<FastifyReply> => {
+    const repo = services.repo();
+    const { id, vid } = request.params;
+    const binary = vid ? await repo.readVersion<Binary>('Binary', id, vid) : await repo.readResource<Binary>('Binary', id);
+    const data = await repo.readBinaryData(id, vid);
+    const accept = request.headers.accept ?? '';
+    if (accept.includes('application/fhir+json')) {
+      return sendFhirResponse(request, reply, services, [allOk, { ...binary, data: data.toString('base64') }]);
+    }
+    if (binary.meta?.versionId) {
+      reply.header('ETag', `W/"${binary.meta.versionId}"`);
+    }
+    reply.header('Content-Type', binary.contentType ?? 'application/octet-stream');
+    return reply.send(data);
+  };
+  app.get(`${FHIR_PREFIX}/Binary/:id`, readBinary);
+  app.get(`${FHIR_PREFIX}/Binary/:id/_history/:vid`, readBinary);
+
+  app.get<{ Params: { id: string }; Querystring: { Expires?: string; Signature?: string } }>(
+    '/storage/:id',
+    async (request, reply) => {
+      const { id } = request.params;
+      if (!services.attachments.verify(id, request.query.Expires, request.query.Signature)) {
+        throw new OperationOutcomeError({ ...badRequest('Invalid or expired signature'), id: 'forbidden' });
+      }
+      // The signature is the authorization: the Binary is found whatever project it is in.
+      const stored = await readStoredBinary(services.pool, id);
+      if (!stored) {
+        throw new OperationOutcomeError(notFound);
+      }
+      reply.header('Content-Type', stored.contentType);
+      return reply.send(stored.data);
+    }
+  );
+}
