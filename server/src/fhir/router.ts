@@ -1,7 +1,7 @@
-import { allOk, badRequest, isOk, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
+import { allOk, badRequest, created, isOk, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
 import { FhirRouter } from '@medplum/fhir-router';
-import type { FhirRepository, FhirRequest, FhirResponse, FhirRouteHandler } from '@medplum/fhir-router';
-import type { Bundle } from '@medplum/fhirtypes';
+import type { FhirRepository, FhirRequest, FhirResponse, FhirRouteHandler, HttpMethod, RestInteraction } from '@medplum/fhir-router';
+import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { expandOperation } from './operations/expand.ts';
 import { validateOperation } from './operations/validate.ts';
 import { PostgresRepository } from './repo/postgres-repository.ts';
@@ -9,13 +9,10 @@ import { PostgresRepository } from './repo/postgres-repository.ts';
 /** The FHIR router: fhir-router's REST semantics plus ermis's history routes and operations. */
 export function createFhirRouter(): FhirRouter {
   const router = new FhirRouter();
-  // fhir-router's instance history ignores _since; replace it (same path, so remove theirs first).
-  const routes = router.router.routes;
-  const index = routes.findIndex((r) => r.method === 'GET' && r.path.map((p) => p.value).join('/') === 'resourceType/id/_history');
-  if (index >= 0) {
-    routes.splice(index, 1);
-  }
-  router.add('GET', ':resourceType/:id/_history', withRepo(historyInstance), 'history-instance');
+  // Two fhir-router routes are replaced (same path, so theirs is removed first): instance history,
+  // which ignores _since, and update, which answers 200 where update-as-create must answer 201.
+  replaceRoute(router, 'GET', ':resourceType/:id/_history', withRepo(historyInstance), 'history-instance');
+  replaceRoute(router, 'PUT', ':resourceType/:id', withRepo(updateOperation), 'update');
   router.add('GET', ':resourceType/_history', withRepo(historyType), 'history-type');
   router.add('GET', '_history', withRepo(historySystem), 'history-system');
   router.add('POST', ':resourceType/$validate', withRepo(validateOperation));
@@ -23,6 +20,37 @@ export function createFhirRouter(): FhirRouter {
   router.add('POST', 'ValueSet/$expand', withRepo(expandOperation));
   router.add('GET', '$versions', async () => [allOk, { resourceType: 'Parameters', parameter: [{ name: 'version', valueCode: '4.0' }, { name: 'default', valueCode: '4.0' }] }]);
   return router;
+}
+
+function replaceRoute(
+  router: FhirRouter,
+  method: HttpMethod,
+  path: string,
+  handler: FhirRouteHandler,
+  interaction: RestInteraction
+): void {
+  const routes = router.router.routes;
+  const segments = path.split('/').map((p) => p.replace(/^:/, ''));
+  const index = routes.findIndex((r) => r.method === method && r.path.map((p) => p.value).join('/') === segments.join('/'));
+  if (index < 0) {
+    throw new Error(`fhir-router has no ${method} ${path} route to replace`);
+  }
+  routes.splice(index, 1);
+  router.add(method, path, handler, interaction);
+}
+
+async function updateOperation(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  const { resourceType, id } = req.params;
+  const resource = req.body as Resource | undefined;
+  if (!resource || resource.resourceType !== resourceType) {
+    throw new OperationOutcomeError(badRequest(`Incorrect resource type: expected ${resourceType}`, 'resourceType'));
+  }
+  if (resource.id !== id) {
+    throw new OperationOutcomeError(badRequest('Resource id does not match the URL', `${resourceType}.id`));
+  }
+  const ifMatch = /^(?:W\/)?"?([^"]+)"?$/.exec(String(req.headers?.['if-match'] ?? ''))?.[1];
+  const result = await repo.upsertResource(resource, { ifMatch });
+  return [result.created ? created : allOk, result.resource];
 }
 
 function withRepo(handler: (req: FhirRequest, repo: PostgresRepository) => Promise<FhirResponse>): FhirRouteHandler {

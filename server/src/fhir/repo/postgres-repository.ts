@@ -127,6 +127,14 @@ export class PostgresRepository extends FhirRepository {
   }
 
   async updateResource<T extends Resource>(resource: T, options?: UpdateResourceOptions): Promise<WithId<T>> {
+    return (await this.upsertResource(resource, options)).resource;
+  }
+
+  /** Update, or create when the id does not exist yet (update as create); tells which happened. */
+  async upsertResource<T extends Resource>(
+    resource: T,
+    options?: UpdateResourceOptions
+  ): Promise<{ resource: WithId<T>; created: boolean }> {
     if (!resource.id) {
       throw new OperationOutcomeError(badRequest('Missing id', `${resource.resourceType}.id`));
     }
@@ -137,16 +145,16 @@ export class PostgresRepository extends FhirRepository {
       }
       if (!current) {
         // Update as create: https://hl7.org/fhir/R4/http.html#upsert
-        return tx.createResource(resource, { assignedId: true });
+        return { resource: await tx.createResource(resource, { assignedId: true }), created: true };
       }
       const prepared = await tx.prepareWrite(resource);
       if (!current.deleted && sameIgnoringMeta(current.content, prepared.resource)) {
-        return JSON.parse(current.content) as WithId<T>;
+        return { resource: JSON.parse(current.content) as WithId<T>, created: false };
       }
       prepared.row.projectId = current.project_id;
       await updateResourceRow(tx.db, current.rid, prepared.row, prepared.index);
       await tx.storeBinaryData(prepared);
-      return prepared.resource as WithId<T>;
+      return { resource: prepared.resource as WithId<T>, created: false };
     });
   }
 

@@ -1,0 +1,237 @@
+import { OperationOutcomeError } from '@medplum/core';
+import type { MedplumClient } from '@medplum/core';
+import type { Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { FHIR_JSON, startTestServer, unique } from './harness.ts';
+import type { TestServer } from './harness.ts';
+
+let server: TestServer;
+let medplum: MedplumClient;
+
+beforeAll(async () => {
+  server = await startTestServer();
+  medplum = server.medplum();
+});
+
+afterAll(async () => {
+  await server.stop();
+});
+
+function newPatient(family = unique('fam')): Patient {
+  return { resourceType: 'Patient', name: [{ family, given: ['Eleni'] }], birthDate: '1980-02-29', gender: 'female' };
+}
+
+describe('create, read, update, delete', () => {
+  test('create assigns id, versionId and lastUpdated; read returns the same resource', async () => {
+    const created = await medplum.createResource(newPatient());
+    expect(created.id).toMatch(/^[0-9a-f-]{36}$/);
+    expect(created.meta?.versionId).toMatch(/^[0-9a-f-]{36}$/);
+    expect(Date.parse(created.meta?.lastUpdated as string)).toBeGreaterThan(Date.now() - 60_000);
+    const read = await medplum.readResource('Patient', created.id as string);
+    expect(read).toEqual(created);
+  });
+
+  test('create ignores a client-supplied id and meta.versionId', async () => {
+    const created = await medplum.createResource({ ...newPatient(), id: 'client-chosen', meta: { versionId: 'v1' } });
+    expect(created.id).not.toBe('client-chosen');
+    expect(created.meta?.versionId).not.toBe('v1');
+  });
+
+  test('response headers: 201, Location with version, ETag, Last-Modified', async () => {
+    const res = await server.fhir('Patient', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(newPatient()) });
+    expect(res.status).toBe(201);
+    const body = (await res.json()) as Patient;
+    expect(res.headers.get('location')).toBe(`${server.fhirUrl}Patient/${body.id}/_history/${body.meta?.versionId}`);
+    expect(res.headers.get('etag')).toBe(`W/"${body.meta?.versionId}"`);
+    expect(new Date(res.headers.get('last-modified') as string).getTime()).toBe(
+      Math.floor(Date.parse(body.meta?.lastUpdated as string) / 1000) * 1000
+    );
+    expect(res.headers.get('content-type')).toBe('application/fhir+json; charset=utf-8');
+  });
+
+  test('update makes a new version; vread returns each version', async () => {
+    const v1 = await medplum.createResource(newPatient());
+    const v2 = await medplum.updateResource({ ...v1, gender: 'other' });
+    expect(v2.meta?.versionId).not.toBe(v1.meta?.versionId);
+    expect(v2.gender).toBe('other');
+    const old = await medplum.readVersion('Patient', v1.id as string, v1.meta?.versionId as string);
+    expect(old.gender).toBe('female');
+    const current = await medplum.readVersion('Patient', v1.id as string, v2.meta?.versionId as string);
+    expect(current.gender).toBe('other');
+  });
+
+  test('an update that changes nothing keeps the version', async () => {
+    const v1 = await medplum.createResource(newPatient());
+    const same = await medplum.updateResource({ ...v1 });
+    expect(same.meta?.versionId).toBe(v1.meta?.versionId);
+    const history = await medplum.readHistory('Patient', v1.id as string);
+    expect(history.entry).toHaveLength(1);
+  });
+
+  test('If-Match with a stale version answers 412 and changes nothing', async () => {
+    const v1 = await medplum.createResource(newPatient());
+    const v2 = await medplum.updateResource({ ...v1, gender: 'male' });
+    const res = await server.fhir(`Patient/${v1.id}`, {
+      method: 'PUT',
+      headers: { ...FHIR_JSON, 'If-Match': `W/"${v1.meta?.versionId}"` },
+      body: JSON.stringify({ ...v1, gender: 'unknown' }),
+    });
+    expect(res.status).toBe(412);
+    expect(((await res.json()) as OperationOutcome).resourceType).toBe('OperationOutcome');
+    const current = await medplum.readResource('Patient', v1.id as string);
+    expect(current.meta?.versionId).toBe(v2.meta?.versionId);
+    expect(current.gender).toBe('male');
+
+    const ok = await server.fhir(`Patient/${v1.id}`, {
+      method: 'PUT',
+      headers: { ...FHIR_JSON, 'If-Match': `W/"${v2.meta?.versionId}"` },
+      body: JSON.stringify({ ...v2, gender: 'unknown' }),
+    });
+    expect(ok.status).toBe(200);
+  });
+
+  test('update as create with a client id (PUT to a new id)', async () => {
+    const id = unique('pat');
+    const res = await server.fhir(`Patient/${id}`, {
+      method: 'PUT',
+      headers: FHIR_JSON,
+      body: JSON.stringify({ ...newPatient(), id }),
+    });
+    expect(res.status).toBe(201);
+    expect(((await res.json()) as Patient).id).toBe(id);
+  });
+
+  test('delete: read answers 410, vread of old versions still works, history shows the delete', async () => {
+    const v1 = await medplum.createResource(newPatient());
+    await medplum.deleteResource('Patient', v1.id as string);
+    const res = await server.fhir(`Patient/${v1.id}`);
+    expect(res.status).toBe(410);
+    const outcome = (await res.json()) as OperationOutcome;
+    expect(outcome.issue[0].code).toBe('deleted');
+    const old = await medplum.readVersion('Patient', v1.id as string, v1.meta?.versionId as string);
+    expect(old.id).toBe(v1.id);
+    const history = await medplum.readHistory('Patient', v1.id as string);
+    expect(history.entry?.map((e) => e.request?.method)).toEqual(['DELETE', 'POST']);
+    expect(history.entry?.[0].resource).toBeUndefined();
+    // a deleted resource is not found by search
+    const found = await medplum.searchResources('Patient', { _id: v1.id as string });
+    expect(found).toHaveLength(0);
+    // deleting again is idempotent; deleting an unknown id is 404
+    expect((await server.fhir(`Patient/${v1.id}`, { method: 'DELETE' })).status).toBe(200);
+    expect((await server.fhir(`Patient/${unique('nope')}`, { method: 'DELETE' })).status).toBe(404);
+  });
+
+  test('read of an unknown id is 404 with an OperationOutcome; MedplumClient throws OperationOutcomeError', async () => {
+    await expect(medplum.readResource('Patient', unique('missing'))).rejects.toThrow(OperationOutcomeError);
+    const res = await server.fhir(`Patient/${unique('missing')}`);
+    expect(res.status).toBe(404);
+    expect(((await res.json()) as OperationOutcome).issue[0].code).toBe('not-found');
+  });
+});
+
+describe('history', () => {
+  test('instance history is newest first, with paging by _count and _offset', async () => {
+    const v1 = await medplum.createResource(newPatient());
+    let current = v1;
+    for (const gender of ['male', 'other', 'unknown'] as const) {
+      current = await medplum.updateResource({ ...current, gender });
+    }
+    const all = await medplum.readHistory('Patient', v1.id as string);
+    expect(all.total).toBe(4);
+    expect(all.entry?.map((e) => (e.resource as Patient).gender)).toEqual(['unknown', 'other', 'male', 'female']);
+    const page = (await (await server.fhir(`Patient/${v1.id}/_history?_count=2&_offset=1`)).json()) as Bundle<Patient>;
+    expect(page.entry?.map((e) => e.resource?.gender)).toEqual(['other', 'male']);
+  });
+
+  test('_since limits instance, type and system history', async () => {
+    const v1 = await medplum.createResource(newPatient());
+    await new Promise((r) => setTimeout(r, 20));
+    const since = new Date().toISOString();
+    const v2 = await medplum.updateResource({ ...v1, gender: 'male' });
+    const instance = (await (await server.fhir(`Patient/${v1.id}/_history?_since=${since}`)).json()) as Bundle;
+    expect(instance.entry?.map((e) => e.resource?.meta?.versionId)).toEqual([v2.meta?.versionId]);
+    const type = (await (await server.fhir(`Patient/_history?_since=${since}&_count=1000`)).json()) as Bundle;
+    expect(type.entry?.some((e) => e.resource?.meta?.versionId === v2.meta?.versionId)).toBe(true);
+    expect(type.entry?.some((e) => e.resource?.meta?.versionId === v1.meta?.versionId)).toBe(false);
+    expect(type.entry?.every((e) => e.resource === undefined || e.resource.resourceType === 'Patient')).toBe(true);
+    const system = (await (await server.fhir(`_history?_since=${since}&_count=1000`)).json()) as Bundle;
+    expect(system.type).toBe('history');
+    expect(system.entry?.some((e) => e.resource?.meta?.versionId === v2.meta?.versionId)).toBe(true);
+    expect((await server.fhir('_history?_since=not-a-date')).status).toBe(400);
+  });
+});
+
+describe('response conventions', () => {
+  test('Prefer: return=minimal answers with an empty body; return=OperationOutcome with the outcome', async () => {
+    const minimal = await server.fhir('Patient', {
+      method: 'POST',
+      headers: { ...FHIR_JSON, Prefer: 'return=minimal' },
+      body: JSON.stringify(newPatient()),
+    });
+    expect(minimal.status).toBe(201);
+    expect(await minimal.text()).toBe('');
+    expect(minimal.headers.get('location')).toContain('/Patient/');
+    const outcome = await server.fhir('Patient', {
+      method: 'POST',
+      headers: { ...FHIR_JSON, Prefer: 'return=OperationOutcome' },
+      body: JSON.stringify(newPatient()),
+    });
+    expect(((await outcome.json()) as OperationOutcome).resourceType).toBe('OperationOutcome');
+  });
+
+  test('_summary and _elements subset the resource and tag it SUBSETTED', async () => {
+    const p = await medplum.createResource({ ...newPatient(), text: { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' } });
+    const elements = (await (await server.fhir(`Patient/${p.id}?_elements=birthDate`)).json()) as Patient;
+    expect(elements.birthDate).toBe('1980-02-29');
+    expect(elements.name).toBeUndefined();
+    expect(elements.meta?.tag?.some((t) => t.code === 'SUBSETTED')).toBe(true);
+    const summary = (await (await server.fhir(`Patient/${p.id}?_summary=true`)).json()) as Patient;
+    expect(summary.name).toBeDefined();
+    expect(summary.text).toBeUndefined();
+    const data = (await (await server.fhir(`Patient/${p.id}?_summary=data`)).json()) as Patient;
+    expect(data.text).toBeUndefined();
+    expect(data.gender).toBe('female');
+    const text = (await (await server.fhir(`Patient/${p.id}?_summary=text`)).json()) as Patient;
+    expect(text.text?.status).toBe('generated');
+    expect(text.gender).toBeUndefined();
+    const count = (await (await server.fhir(`Patient?_id=${p.id}&_summary=count`)).json()) as Bundle;
+    expect(count.total).toBe(1);
+    expect(count.entry ?? []).toHaveLength(0);
+  });
+
+  test('_pretty indents; Accept application/json is honoured; gzip when asked', async () => {
+    const p = await medplum.createResource(newPatient());
+    const pretty = await server.fhir(`Patient/${p.id}?_pretty=true`);
+    expect(await pretty.text()).toContain('\n  "resourceType"');
+    const json = await server.fhir(`Patient/${p.id}`, { headers: { Accept: 'application/json' } });
+    expect(json.headers.get('content-type')).toBe('application/json; charset=utf-8');
+    const { request } = await import('node:http');
+    const encoding = await new Promise<string | undefined>((resolve, reject) => {
+      const req = request(`${server.fhirUrl}StructureDefinition/Patient`, { headers: { 'Accept-Encoding': 'gzip' } }, (res) => {
+        res.resume();
+        resolve(res.headers['content-encoding']);
+      });
+      req.on('error', reject);
+      req.end();
+    });
+    expect(encoding).toBe('gzip');
+  });
+
+  test('meta.project and meta.author are returned only with X-Medplum: extended', async () => {
+    const p = await medplum.createResource(newPatient());
+    const plain = (await (await server.fhir(`Patient/${p.id}`)).json()) as Patient;
+    expect(plain.meta?.project).toBeUndefined();
+    const extended = (await (await server.fhir(`Patient/${p.id}`, { headers: { 'X-Medplum': 'extended' } })).json()) as Patient;
+    expect(extended.meta?.project).toBe(server.services.defaultContext.projectId);
+    expect(extended.meta?.author?.reference).toBe('system');
+  });
+});
+
+describe('health', () => {
+  test('GET /healthcheck reports the server and the database', async () => {
+    const res = await fetch(server.baseUrl + 'healthcheck');
+    expect(res.status).toBe(200);
+    const body = (await res.json()) as { ok: boolean; postgres: boolean; version: string };
+    expect(body).toMatchObject({ ok: true, postgres: true });
+  });
+});

@@ -1,0 +1,68 @@
+import { MedplumClient } from '@medplum/core';
+import type { FastifyInstance } from 'fastify';
+import { createServer } from 'node:net';
+import { inject } from 'vitest';
+import { loadConfig } from '../src/config.ts';
+import { buildApp } from '../src/http/app.ts';
+import { createServices } from '../src/services.ts';
+import type { ServerServices } from '../src/services.ts';
+
+export interface TestServer {
+  baseUrl: string;
+  fhirUrl: string;
+  services: ServerServices;
+  app: FastifyInstance;
+  /** A MedplumClient pointed at this server. */
+  medplum(): MedplumClient;
+  /** Plain HTTP against the FHIR base (path relative to /fhir/R4/). */
+  fhir(path: string, init?: RequestInit): Promise<Response>;
+  /** Number of rows in the resource and history tables: "the database is unchanged" checks. */
+  rowCounts(): Promise<{ resources: number; versions: number }>;
+  stop(): Promise<void>;
+}
+
+/** Starts a real server (Fastify on a real port, real Postgres) for a test file. */
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const port = await freePort();
+  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', ...env });
+  const services = await createServices(config, inject('databaseUrl'));
+  const app = await buildApp(services);
+  await app.listen({ port, host: '127.0.0.1' });
+  const baseUrl = config.baseUrl;
+  const fhirUrl = `${baseUrl}fhir/R4/`;
+  return {
+    baseUrl,
+    fhirUrl,
+    services,
+    app,
+    medplum: () => new MedplumClient({ baseUrl, fetch: (url: string, init: RequestInit) => fetch(url, init) }),
+    fhir: (path, init) => fetch(fhirUrl + path, init),
+    rowCounts: async () => {
+      const { rows } = await services.pool.query<{ r: string; h: string }>(
+        'SELECT (SELECT count(*) FROM resource) AS r, (SELECT count(*) FROM resource_history) AS h'
+      );
+      return { resources: Number(rows[0].r), versions: Number(rows[0].h) };
+    },
+    stop: async () => {
+      await app.close();
+      await services.close();
+    },
+  };
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+export const FHIR_JSON = { 'Content-Type': 'application/fhir+json' };
+
+/** A value unique to this test run, for identifiers that must not collide across files sharing a database. */
+export function unique(prefix = 'x'): string {
+  return `${prefix}-${process.pid}-${Math.random().toString(36).slice(2, 10)}`;
+}
