@@ -14,6 +14,7 @@ import { PostgresRepository } from './fhir/repo/postgres-repository.ts';
 import type { RepositoryContext, RepositoryServices } from './fhir/repo/postgres-repository.ts';
 import { createFhirRouter } from './fhir/router.ts';
 import { ParamRegistry } from './fhir/search/param-registry.ts';
+import { RequiredBindings } from './fhir/terminology.ts';
 
 export const VERSION = '0.1.0';
 
@@ -42,7 +43,8 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       .map((sd) => (sd as { type: string }).type);
     await registry.init(new Set(resourceTypes));
     const attachments = new AttachmentUrls(config.baseUrl, Buffer.from(await setting(pool, 'attachment_key', () => randomBytes(32).toString('base64')), 'base64'));
-    const base: RepositoryServices = { pool, registry, overlay, attachments, baseUrl: config.baseUrl };
+    const bindings = new RequiredBindings(overlay);
+    const base: RepositoryServices = { pool, registry, overlay, attachments, bindings, baseUrl: config.baseUrl };
     const defaultContext = await defaultProjectContext(base);
     return {
       ...base,

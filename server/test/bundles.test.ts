@@ -1,5 +1,6 @@
 import type { Bundle, BundleEntry, Observation, OperationOutcome, Patient, Resource } from '@medplum/fhirtypes';
 import { Client } from 'fhir-kit-client';
+import type { FhirResource } from 'fhir-kit-client';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
@@ -48,7 +49,7 @@ describe('Synthea transaction bundles', () => {
   test.each(syntheaFiles)('%s loads as one transaction and every resource reads back equal', async (file) => {
     const input = loadBundle(path.join(SYNTHEA_DIR, file));
     const before = await server.rowCounts();
-    const response = (await client.transaction({ body: input })) as Bundle;
+    const response = (await client.transaction({ body: input as unknown as FhirResource })) as unknown as Bundle;
     expect(response.type).toBe('transaction-response');
     expect(response.entry).toHaveLength(input.entry?.length as number);
 
@@ -62,7 +63,7 @@ describe('Synthea transaction bundles', () => {
 
     for (const [i, entry] of (input.entry as BundleEntry[]).entries()) {
       const [type, id] = (assigned.get(entry.fullUrl as string) as string).split('/');
-      const stored = (await client.read({ resourceType: type, id })) as Resource;
+      const stored = (await client.read({ resourceType: type, id })) as unknown as Resource;
       expect(stored.resourceType).toBe(entry.resource?.resourceType);
       expect(withoutIdAndMeta(stored), `entry ${i} (${type})`).toEqual(
         withoutIdAndMeta(resolvePlaceholders(entry.resource as Resource, assigned))
@@ -74,13 +75,13 @@ describe('Synthea transaction bundles', () => {
 
   test('references between entries point at the created resources', async () => {
     const input = loadBundle(path.join(SYNTHEA_DIR, syntheaFiles[0]));
-    const response = (await client.transaction({ body: input })) as Bundle;
+    const response = (await client.transaction({ body: input as unknown as FhirResource })) as unknown as Bundle;
     const patientLocation = response.entry?.find((e) => e.response?.location?.startsWith('Patient/'))?.response?.location as string;
     const patientId = patientLocation.split('/')[1];
     const observations = (await client.search({
       resourceType: 'Observation',
       searchParams: { subject: `Patient/${patientId}`, _count: '1000' },
-    })) as Bundle<Observation>;
+    })) as unknown as Bundle<Observation>;
     const expected = input.entry?.filter((e) => e.resource?.resourceType === 'Observation').length;
     expect(observations.entry?.length).toBe(expected);
   });
@@ -122,11 +123,11 @@ describe('batch and transaction fixtures (FHIR Works on AWS)', () => {
     '%s commits and resolves its urn:uuid references',
     async (file) => {
       const input = loadBundle(path.join(FHIR_WORKS_DIR, file));
-      const response = (await client.transaction({ body: input })) as Bundle;
+      const response = (await client.transaction({ body: input as unknown as FhirResource })) as unknown as Bundle;
       expect(response.entry?.every((e) => e.response?.status?.startsWith('201'))).toBe(true);
       for (const entry of response.entry ?? []) {
         const [type, id] = (entry.response?.location as string).split('/');
-        const stored = (await client.read({ resourceType: type, id })) as Resource;
+        const stored = (await client.read({ resourceType: type, id })) as unknown as Resource;
         expect(JSON.stringify(stored)).not.toContain('urn:uuid:');
       }
     }
@@ -139,7 +140,7 @@ describe('batch and transaction fixtures (FHIR Works on AWS)', () => {
     const entries = (input.entry as BundleEntry[]).filter((e) => e.resource?.resourceType !== 'Encounter');
     entries.push({ resource: { resourceType: 'Patient', birthDate: 'not-a-date' } as Patient, request: { method: 'POST', url: 'Patient' } });
     input.entry = entries;
-    const response = (await client.batch({ body: input })) as Bundle;
+    const response = (await client.batch({ body: input as unknown as FhirResource })) as unknown as Bundle;
     expect(response.type).toBe('batch-response');
     const statuses = response.entry?.map((e) => e.response?.status?.slice(0, 3));
     expect(statuses).toEqual(['201', '201', '400']);

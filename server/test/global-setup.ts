@@ -1,30 +1,54 @@
 import pg from 'pg';
 import type { TestProject } from 'vitest/node';
+import { migrate } from '../src/db/migrate.ts';
 
 declare module 'vitest' {
   export interface ProvidedContext {
-    databaseUrl: string;
+    adminDatabaseUrl: string;
+    templateDatabase: string;
   }
 }
 
 /**
- * Creates a fresh database for the run on the Postgres named by TEST_DATABASE_URL (default: the local
- * server's `postgres` database, trust auth) and drops it afterwards.
+ * Prepares a migrated template database on the Postgres named by TEST_DATABASE_URL (default: the
+ * local server's `postgres` database, trust auth). Each test server gets its own copy of it, so
+ * test files running in parallel cannot see each other's rows. Everything is dropped afterwards.
  */
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
-  const name = `ermis_test_${process.pid}_${Date.now()}`;
-  const admin = new pg.Client({ connectionString: adminUrl });
-  await admin.connect();
-  await admin.query(`CREATE DATABASE ${name}`);
-  await admin.end();
+  const prefix = `ermis_test_${process.pid}`;
+  const template = `${prefix}_template`;
+  await withAdmin(adminUrl, (admin) => admin.query(`CREATE DATABASE ${template}`));
+  const pool = new pg.Pool({ connectionString: databaseUrl(adminUrl, template), max: 1 });
+  try {
+    await migrate(pool);
+  } finally {
+    await pool.end();
+  }
+  project.provide('adminDatabaseUrl', adminUrl);
+  project.provide('templateDatabase', template);
+  return async () => {
+    await withAdmin(adminUrl, async (admin) => {
+      const { rows } = await admin.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname LIKE $1', [`${prefix}%`]);
+      for (const { datname } of rows) {
+        await admin.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`);
+      }
+    });
+  };
+}
+
+export function databaseUrl(adminUrl: string, name: string): string {
   const url = new URL(adminUrl);
   url.pathname = '/' + name;
-  project.provide('databaseUrl', url.toString());
-  return async () => {
-    const client = new pg.Client({ connectionString: adminUrl });
-    await client.connect();
-    await client.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-    await client.end();
-  };
+  return url.toString();
+}
+
+export async function withAdmin<T>(adminUrl: string, fn: (client: pg.Client) => Promise<T>): Promise<T> {
+  const admin = new pg.Client({ connectionString: adminUrl });
+  await admin.connect();
+  try {
+    return await fn(admin);
+  } finally {
+    await admin.end();
+  }
 }

@@ -5,6 +5,7 @@ import { inject } from 'vitest';
 import { loadConfig } from '../src/config.ts';
 import { buildApp } from '../src/http/app.ts';
 import { createServices } from '../src/services.ts';
+import { databaseUrl, withAdmin } from './global-setup.ts';
 import type { ServerServices } from '../src/services.ts';
 
 export interface TestServer {
@@ -25,7 +26,7 @@ export interface TestServer {
 export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
   const port = await freePort();
   const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', ...env });
-  const services = await createServices(config, inject('databaseUrl'));
+  const services = await createServices(config, await createTestDatabase());
   const app = await buildApp(services);
   await app.listen({ port, host: '127.0.0.1' });
   const baseUrl = config.baseUrl;
@@ -48,6 +49,17 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
       await services.close();
     },
   };
+}
+
+let databases = 0;
+
+/** A fresh copy of the migrated template database, for one test server. */
+export async function createTestDatabase(): Promise<string> {
+  const admin = inject('adminDatabaseUrl');
+  const template = inject('templateDatabase');
+  const name = `${template.replace(/_template$/, '')}_${process.pid}_${++databases}`;
+  await withAdmin(admin, (client) => client.query(`CREATE DATABASE ${name} TEMPLATE ${template}`));
+  return databaseUrl(admin, name);
 }
 
 function freePort(): Promise<number> {

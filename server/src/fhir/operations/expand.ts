@@ -1,6 +1,8 @@
 import { allOk, badRequest, notFound, OperationOutcomeError } from '@medplum/core';
 import type { FhirRequest, FhirResponse } from '@medplum/fhir-router';
-import type { CodeSystem, CodeSystemConcept, ValueSet, ValueSetComposeInclude, ValueSetExpansionContains } from '@medplum/fhirtypes';
+import type { CodeSystem, ValueSet } from '@medplum/fhirtypes';
+import { expandValueSet } from '../terminology.ts';
+import type { CanonicalLookup } from '../terminology.ts';
 import { normalizeText } from '../search/index-values.ts';
 import type { PostgresRepository } from '../repo/postgres-repository.ts';
 
@@ -24,23 +26,14 @@ export async function expandOperation(req: FhirRequest, repo: PostgresRepository
     throw new OperationOutcomeError(notFound);
   }
 
-  const all: ValueSetExpansionContains[] = [];
-  for (const include of valueSet.compose?.include ?? []) {
-    all.push(...(await includeConcepts(repo, include)));
-  }
-  if (all.length === 0 && valueSet.expansion?.contains) {
-    all.push(...flattenContains(valueSet.expansion.contains));
-  }
-  const excluded = new Set<string>();
-  for (const exclude of valueSet.compose?.exclude ?? []) {
-    for (const c of await includeConcepts(repo, exclude)) {
-      excluded.add(`${c.system}|${c.code}`);
-    }
+  const lookup: CanonicalLookup = (type, u) => findByUrl(repo, type, u);
+  const all = await expandValueSet(valueSet, lookup);
+  if (!all) {
+    throw new OperationOutcomeError(badRequest(`ValueSet ${url} cannot be expanded by this server`, 'url'));
   }
   const needle = filter ? normalizeText(filter) : undefined;
   const matches = all.filter(
     (c) =>
-      !excluded.has(`${c.system}|${c.code}`) &&
       (!needle || normalizeText(c.display ?? '').includes(needle) || normalizeText(c.code ?? '').includes(needle))
   );
   const expanded: ValueSet = {
@@ -59,50 +52,6 @@ export async function expandOperation(req: FhirRequest, repo: PostgresRepository
     },
   };
   return [allOk, expanded];
-}
-
-async function includeConcepts(repo: PostgresRepository, include: ValueSetComposeInclude): Promise<ValueSetExpansionContains[]> {
-  const system = include.system;
-  if (include.concept?.length) {
-    return include.concept.map((c) => ({ system, code: c.code, display: c.display }));
-  }
-  const result: ValueSetExpansionContains[] = [];
-  if (system) {
-    const codeSystem = await findByUrl<CodeSystem>(repo, 'CodeSystem', system);
-    const concepts = flattenConcepts(codeSystem?.concept ?? []);
-    const isA = include.filter?.find((f) => f.op === 'is-a' || f.op === 'descendent-of');
-    const scoped = isA ? descendants(codeSystem?.concept ?? [], isA.value as string, isA.op === 'is-a') : concepts;
-    result.push(...scoped.map((c) => ({ system, code: c.code, display: c.display })));
-  }
-  for (const nested of include.valueSet ?? []) {
-    const vs = await findByUrl<ValueSet>(repo, 'ValueSet', nested);
-    for (const inner of vs?.compose?.include ?? []) {
-      result.push(...(await includeConcepts(repo, inner)));
-    }
-  }
-  return result;
-}
-
-function flattenConcepts(concepts: CodeSystemConcept[]): CodeSystemConcept[] {
-  return concepts.flatMap((c) => [c, ...flattenConcepts(c.concept ?? [])]);
-}
-
-function descendants(concepts: CodeSystemConcept[], code: string, includeSelf: boolean): CodeSystemConcept[] {
-  for (const c of concepts) {
-    if (c.code === code) {
-      const below = flattenConcepts(c.concept ?? []);
-      return includeSelf ? [c, ...below] : below;
-    }
-    const found = descendants(c.concept ?? [], code, includeSelf);
-    if (found.length) {
-      return found;
-    }
-  }
-  return [];
-}
-
-function flattenContains(contains: ValueSetExpansionContains[]): ValueSetExpansionContains[] {
-  return contains.flatMap((c) => [{ system: c.system, code: c.code, display: c.display }, ...flattenContains(c.contains ?? [])]);
 }
 
 async function findByUrl<T extends ValueSet | CodeSystem>(

@@ -16,7 +16,7 @@ import {
   toTypedValue,
   validateResource,
 } from '@medplum/core';
-import type { Operation, SearchRequest, WithId } from '@medplum/core';
+import type { Operation, SearchRequest, TypedValueWithPath, WithId } from '@medplum/core';
 import { FhirRepository, getExtraEntries } from '@medplum/fhir-router';
 import type {
   CreateResourceOptions,
@@ -42,6 +42,7 @@ import { createHash, randomUUID } from 'node:crypto';
 import type pg from 'pg';
 import type { Queryable } from '../../db/pool.ts';
 import type { AttachmentUrls } from '../attachments.ts';
+import type { RequiredBindings } from '../terminology.ts';
 import { isDefinitionType, isStorableResourceType } from '../definitions.ts';
 import { compileSearch } from '../search/compile.ts';
 import { extractIndexRows, parseReferenceString } from '../search/index-values.ts';
@@ -56,6 +57,7 @@ export interface RepositoryServices {
   registry: ParamRegistry;
   overlay: DefinitionsOverlay;
   attachments: AttachmentUrls;
+  bindings: RequiredBindings;
   baseUrl: string;
 }
 
@@ -699,25 +701,29 @@ export class PostgresRepository extends FhirRepository {
     );
   }
 
-  /** Validates against the R4 definitions and against every `meta.profile` this server knows. */
+  /**
+   * Validates against the R4 definitions (structure, cardinality, formats, invariants, required
+   * bindings) and against every `meta.profile` this server knows.
+   */
   private async validate(resource: Resource): Promise<void> {
     const issues: OperationOutcomeIssue[] = [];
-    const run = (profile?: StructureDefinition): void => {
+    const run = async (profile?: StructureDefinition): Promise<void> => {
+      const tokens: Record<string, TypedValueWithPath[]> = {};
       try {
-        issues.push(...validateResource(resource, profile ? { profile } : undefined).filter((i) => i.severity === 'error'));
+        issues.push(...validateResource(resource, { profile, collect: { tokens } }).filter(isError));
       } catch (err) {
-        if (err instanceof OperationOutcomeError) {
-          issues.push(...err.outcome.issue.filter((i) => i.severity === 'error' || i.severity === 'fatal'));
-        } else {
+        if (!(err instanceof OperationOutcomeError)) {
           throw err;
         }
+        issues.push(...err.outcome.issue.filter(isError));
       }
+      issues.push(...(await this.services.bindings.check(tokens)));
     };
-    run();
+    await run();
     for (const url of resource.meta?.profile ?? []) {
       const profile = await this.findProfile(url);
       if (profile) {
-        run(profile);
+        await run(profile);
       }
     }
     if (issues.length > 0) {
@@ -800,6 +806,10 @@ function sameIgnoringMeta(storedContent: string, next: Resource): boolean {
     return JSON.stringify(copy);
   };
   return strip(stored) === strip(next);
+}
+
+function isError(issue: OperationOutcomeIssue): boolean {
+  return issue.severity === 'error' || issue.severity === 'fatal';
 }
 
 function dedupeIssues(issues: OperationOutcomeIssue[]): OperationOutcomeIssue[] {
