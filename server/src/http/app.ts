@@ -109,10 +109,11 @@ async function binaryRoutes(app: FastifyInstance, services: ServerServices): Pro
   });
 
   const writeBinary = async (request: FastifyRequest, reply: FastifyReply, id?: string): Promise<FastifyReply> => {
-    const contentType = (request.headers['content-type'] ?? 'application/octet-stream').split(';')[0].trim();
+    // Kept whole (charset included): it is what a later download answers with.
+    const contentType = (request.headers['content-type'] ?? 'application/octet-stream').trim();
     const body = (request.body as Buffer | undefined) ?? Buffer.alloc(0);
     const repo = services.repo();
-    if (/json$/.test(contentType)) {
+    if (/json$/.test(contentType.split(';')[0])) {
       const parsed = parseJsonBody(body) as Resource | undefined;
       if (parsed?.resourceType === 'Binary') {
         const fhirRequest = toFhirRequest(request);

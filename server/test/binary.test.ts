@@ -1,0 +1,116 @@
+import type { MedplumClient } from '@medplum/core';
+import type { Binary, DocumentReference, OperationOutcome } from '@medplum/fhirtypes';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { FHIR_JSON, startTestServer } from './harness.ts';
+import type { TestServer } from './harness.ts';
+
+let server: TestServer;
+let medplum: MedplumClient;
+
+beforeAll(async () => {
+  server = await startTestServer();
+  medplum = server.medplum();
+});
+
+afterAll(async () => {
+  await server.stop();
+});
+
+const PDF_BYTES = Buffer.concat([Buffer.from('%PDF-1.4\n'), Buffer.from([0x00, 0xff, 0x10, 0x80]), Buffer.from('\n%%EOF')]);
+
+describe('Binary', () => {
+  test('raw upload keeps the bytes and the Content-Type; the created Binary carries a fetchable url', async () => {
+    const res = await server.fhir('Binary', { method: 'POST', headers: { 'Content-Type': 'application/pdf' }, body: PDF_BYTES });
+    expect(res.status).toBe(201);
+    const binary = (await res.json()) as Binary & { url: string };
+    expect(binary.resourceType).toBe('Binary');
+    expect(binary.contentType).toBe('application/pdf');
+    expect(binary.data).toBeUndefined();
+    expect(binary.url).toMatch(new RegExp(`^${server.baseUrl}storage/${binary.id}\\?Expires=\\d+&Signature=`));
+
+    const raw = await server.fhir(`Binary/${binary.id}`);
+    expect(raw.headers.get('content-type')).toBe('application/pdf');
+    expect(Buffer.from(await raw.arrayBuffer())).toEqual(PDF_BYTES);
+
+    // the signed URL needs no credentials
+    const viaUrl = await fetch(binary.url);
+    expect(viaUrl.status).toBe(200);
+    expect(Buffer.from(await viaUrl.arrayBuffer())).toEqual(PDF_BYTES);
+  });
+
+  test('a tampered or expired signature is refused', async () => {
+    const binary = await medplum.createBinary({ data: 'hello', contentType: 'text/plain' });
+    const url = new URL(binary.url as string);
+    url.searchParams.set('Signature', 'x' + (url.searchParams.get('Signature') as string).slice(1));
+    expect((await fetch(url)).status).toBe(403);
+    url.searchParams.set('Expires', '1000');
+    expect((await fetch(url)).status).toBe(403);
+  });
+
+  test('Accept: application/fhir+json returns the Binary resource with base64 data', async () => {
+    const binary = await medplum.createBinary({ data: 'Καλημέρα', contentType: 'text/plain; charset=utf-8' });
+    const res = await server.fhir(`Binary/${binary.id}`, { headers: { Accept: 'application/fhir+json' } });
+    const json = (await res.json()) as Binary;
+    expect(Buffer.from(json.data as string, 'base64').toString('utf8')).toBe('Καλημέρα');
+    expect(json.contentType).toBe('text/plain; charset=utf-8');
+  });
+
+  test('a Binary posted as FHIR JSON stores its data the same way', async () => {
+    const data = Buffer.from('a,b\n1,2\n').toString('base64');
+    const res = await server.fhir('Binary', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Binary', contentType: 'text/csv', data }) });
+    expect(res.status).toBe(201);
+    const binary = (await res.json()) as Binary;
+    const raw = await server.fhir(`Binary/${binary.id}`);
+    expect(raw.headers.get('content-type')).toBe('text/csv');
+    expect(await raw.text()).toBe('a,b\n1,2\n');
+  });
+
+  test('PUT replaces the content; each version keeps its own bytes', async () => {
+    const first = await medplum.createBinary({ data: 'version one', contentType: 'text/plain' });
+    const res = await server.fhir(`Binary/${first.id}`, { method: 'PUT', headers: { 'Content-Type': 'text/plain' }, body: 'version two' });
+    expect(res.status).toBe(200);
+    expect(await (await server.fhir(`Binary/${first.id}`)).text()).toBe('version two');
+    expect(await (await server.fhir(`Binary/${first.id}/_history/${first.meta?.versionId}`)).text()).toBe('version one');
+  });
+
+  test('attachment URLs: stored as Binary/{id}, returned as signed URLs', async () => {
+    const attachment = await medplum.createAttachment({ data: PDF_BYTES, contentType: 'application/pdf', filename: 'ecg.pdf' });
+    expect(attachment.url).toContain('/storage/');
+    const doc = await medplum.createResource<DocumentReference>({
+      resourceType: 'DocumentReference',
+      status: 'current',
+      content: [{ attachment }],
+    });
+    const binaryId = new URL(attachment.url as string).pathname.split('/').pop();
+    const { rows } = await server.services.pool.query<{ content: string }>(
+      `SELECT content FROM resource WHERE resource_type = 'DocumentReference' AND id = $1`,
+      [doc.id]
+    );
+    expect(JSON.parse(rows[0].content).content[0].attachment.url).toBe(`Binary/${binaryId}`);
+    const read = await medplum.readResource('DocumentReference', doc.id as string);
+    const url = read.content[0].attachment.url as string;
+    expect(url).toMatch(/\/storage\/.+Signature=/);
+    expect(Buffer.from(await (await fetch(url)).arrayBuffer())).toEqual(PDF_BYTES);
+  });
+
+  test('an oversized raw upload is refused and nothing is stored', async () => {
+    const small = await startTestServer({ MAX_BINARY_BYTES: '1024' });
+    try {
+      const before = await small.rowCounts();
+      const res = await small.fhir('Binary', { method: 'POST', headers: { 'Content-Type': 'application/octet-stream' }, body: Buffer.alloc(4096) });
+      expect(res.status).toBe(413);
+      expect(((await res.json()) as OperationOutcome).resourceType).toBe('OperationOutcome');
+      expect(await small.rowCounts()).toEqual(before);
+    } finally {
+      await small.stop();
+    }
+  });
+
+  test('reading an unknown Binary is 404; a deleted one 410', async () => {
+    expect((await server.fhir('Binary/does-not-exist')).status).toBe(404);
+    const binary = await medplum.createBinary({ data: 'x', contentType: 'text/plain' });
+    await medplum.deleteResource('Binary', binary.id as string);
+    expect((await server.fhir(`Binary/${binary.id}`)).status).toBe(410);
+    expect((await fetch(binary.url as string)).status).toBe(404);
+  });
+});
