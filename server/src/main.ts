@@ -18,6 +18,7 @@ async function main(): Promise<void> {
   const services = await createServices(config, databaseUrl);
   const app = await buildApp(services);
   await app.listen({ port: config.port, host: config.host });
+  warmUpGraphql(config.port);
   console.log(`ermis server listening: ${config.baseUrl} (FHIR base ${config.baseUrl}fhir/R4/, health ${config.baseUrl}healthcheck)`);
 
   const shutdown = async (signal: string): Promise<void> => {
@@ -29,6 +30,15 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', () => void shutdown('SIGINT'));
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
+}
+
+/** fhir-router builds its GraphQL schema on first use (seconds); do it now rather than in a user's request. */
+function warmUpGraphql(port: number): void {
+  fetch(`http://127.0.0.1:${port}/fhir/R4/$graphql`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ query: '{ PatientList(_count: 1) { id } }' }),
+  }).catch(() => undefined);
 }
 
 main().catch((err: unknown) => {

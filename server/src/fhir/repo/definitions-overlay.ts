@@ -64,6 +64,12 @@ function matchesFilter(resource: Resource, filter: Filter): boolean {
     // Base definitions carry no lastUpdated; they match no _lastUpdated bound.
     return false;
   }
+  const param = getSearchParameters(resource.resourceType)?.[filter.code];
+  if (filter.operator === Operator.EXACT && param?.type === 'string') {
+    // core's matcher treats :exact like the default prefix match; exact means equal.
+    const wanted = splitValues(filter.value);
+    return evalFhirPath(param.expression as string, resource).some((v) => typeof v === 'string' && wanted.includes(v));
+  }
   return matchesSearchRequest(resource, { resourceType: resource.resourceType, filters: [filter] });
 }
 
