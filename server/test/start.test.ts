@@ -1,0 +1,65 @@
+import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, expect, test } from 'vitest';
+
+const ROOT = path.resolve(import.meta.dirname, '../..');
+let child: ChildProcess | undefined;
+let dataDir: string | undefined;
+
+afterAll(async () => {
+  if (child && child.exitCode === null) {
+    const exited = new Promise((resolve) => child?.once('exit', resolve));
+    child.kill('SIGTERM');
+    await exited;
+  }
+  if (dataDir) {
+    await rm(dataDir, { recursive: true, force: true });
+  }
+});
+
+test('with no DATABASE_URL the server starts embedded Postgres and serves /metadata within a minute', async () => {
+  dataDir = await mkdtemp(path.join(tmpdir(), 'ermis-start-'));
+  const port = await freePort();
+  const pgPort = await freePort();
+  const env: NodeJS.ProcessEnv = { ...process.env, PORT: String(port), DATA_DIR: dataDir, EMBEDDED_POSTGRES_PORT: String(pgPort), LOG_LEVEL: 'warn' };
+  delete env.DATABASE_URL;
+  delete env.BASE_URL; // vitest sets BASE_URL=/ for its own use
+  const started = Date.now();
+  child = spawn(process.execPath, ['server/src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
+
+  let status = 0;
+  while (Date.now() - started < 60_000 && child.exitCode === null) {
+    status = await fetch(`http://127.0.0.1:${port}/fhir/R4/metadata`).then((r) => r.status, () => 0);
+    if (status === 200) {
+      break;
+    }
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  expect(status, output).toBe(200);
+  // stdout arrives through a pipe; give the start-up lines a moment to come through
+  for (let i = 0; i < 50 && !output.includes('listening'); i++) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  expect(output).toContain('starting embedded PostgreSQL');
+  expect(output, output).toContain(`http://localhost:${port}/`);
+  // the data stays under DATA_DIR
+  const health = (await (await fetch(`http://127.0.0.1:${port}/healthcheck`)).json()) as { postgres: boolean };
+  expect(health.postgres).toBe(true);
+}, 90_000);
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.listen(0, '127.0.0.1', () => {
+      const address = server.address();
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
+    });
+  });
+}
