@@ -98,6 +98,16 @@ describe('invalid resources', () => {
     expect(expressions).toContain('Observation.effective[x]');
   });
 
+  test('empty arrays, objects and strings are not FHIR JSON', async () => {
+    const outcome = await expectRejected(
+      'Patient',
+      { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Patient', name: [], maritalStatus: {}, gender: '' }) },
+      400
+    );
+    const expressions = outcome.issue.flatMap((i) => i.expression ?? []);
+    expect(expressions).toEqual(expect.arrayContaining(['Patient.name', 'Patient.maritalStatus', 'Patient.gender']));
+  });
+
   test('an update whose id differs from the URL', async () => {
     await expectRejected(
       'Patient/abc',

@@ -33,10 +33,37 @@ const parser = new XMLParser({
   trimValues: false, // whitespace matters inside XHTML
   parseTagValue: false,
   parseAttributeValue: false,
-  // XML's five predefined entities plus character references (&#10;), and no HTML entities:
-  // an object here replaces the named entity table and turns numeric references on.
-  htmlEntities: { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" },
+  entityDecoder: {
+    decode: decodeXmlReferences,
+    // The test files declare no DTD entities; nothing to register or reset.
+    setExternalEntities: () => undefined,
+    addInputEntities: () => undefined,
+    reset: () => undefined,
+    setXmlVersion: () => undefined,
+  },
 });
+
+const PREDEFINED_ENTITIES: Record<string, string> = { lt: '<', gt: '>', amp: '&', quot: '"', apos: "'" };
+
+/**
+ * Replaces XML's five predefined entities and character references (&#10; &#xE9;) in one pass, so that
+ * "&amp;#10;" stays the text "&#10;". Any other named entity is undefined in XML without a DTD: an error.
+ */
+function decodeXmlReferences(text: string): string {
+  return text.replace(/&(#x[0-9a-fA-F]+|#[0-9]+|[A-Za-z][A-Za-z0-9]*);/g, (_ref, name: string) => {
+    if (name.startsWith('#x')) {
+      return String.fromCodePoint(parseInt(name.slice(2), 16));
+    }
+    if (name.startsWith('#')) {
+      return String.fromCodePoint(parseInt(name.slice(1), 10));
+    }
+    const value = PREDEFINED_ENTITIES[name];
+    if (value === undefined) {
+      throw new Error(`Undefined XML entity &${name};`);
+    }
+    return value;
+  });
+}
 
 /** Parses an XML document and returns its root element. */
 export function parseXml(xml: string): XmlElement {
@@ -109,6 +136,9 @@ function complexFromXml(el: XmlElement, typeName: string, idIsAttribute = true):
     }
     if (child.ns !== FHIR_NS && !(child.name === 'div' && child.ns === XHTML_NS)) {
       throw new Error(`<${child.name}> in ${typeName} has namespace ${child.ns}`);
+    }
+    if ((child.name === 'id' && idIsAttribute) || (child.name === 'url' && typeName === 'Extension')) {
+      throw new Error(`${typeName}.${child.name} must be an attribute`);
     }
     const { element, type } = resolveElement(schema.elements, child.name, typeName);
     let entry = values.get(child.name);

@@ -44,6 +44,7 @@ import type { Queryable } from '../../db/pool.ts';
 import type { AttachmentUrls } from '../attachments.ts';
 import type { RequiredBindings } from '../terminology.ts';
 import { isDefinitionType, isStorableResourceType } from '../definitions.ts';
+import { emptyValueIssues, pruneEmptyValues } from '../json-shape.ts';
 import { compileSearch } from '../search/compile.ts';
 import { extractIndexRows, parseReferenceString } from '../search/index-values.ts';
 import type { ParamRegistry } from '../search/param-registry.ts';
@@ -177,7 +178,7 @@ export class PostgresRepository extends FhirRepository {
       if (options?.ifMatch && current.version_id !== options.ifMatch) {
         throw new OperationOutcomeError(preconditionFailed);
       }
-      const resource = JSON.parse(current.content) as WithId<T>;
+      let resource = JSON.parse(current.content) as WithId<T>;
       try {
         if (Array.isArray(patch)) {
           const errors = applyPatch(resource, patch).filter(Boolean);
@@ -190,6 +191,8 @@ export class PostgresRepository extends FhirRepository {
       } catch (err) {
         throw new OperationOutcomeError(normalizeOperationOutcome(err));
       }
+      // Removing the last item of a list leaves [] behind; in FHIR that element is simply absent.
+      resource = pruneEmptyValues(resource);
       if (resource.resourceType !== resourceType || resource.id !== id) {
         throw new OperationOutcomeError(badRequest('A patch may not change resourceType or id'));
       }
@@ -706,7 +709,7 @@ export class PostgresRepository extends FhirRepository {
    * bindings) and against every `meta.profile` this server knows.
    */
   private async validate(resource: Resource): Promise<void> {
-    const issues: OperationOutcomeIssue[] = [];
+    const issues: OperationOutcomeIssue[] = emptyValueIssues(resource);
     const run = async (profile?: StructureDefinition): Promise<void> => {
       const tokens: Record<string, TypedValueWithPath[]> = {};
       try {
