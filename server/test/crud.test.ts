@@ -141,6 +141,15 @@ describe('history', () => {
     expect(all.entry?.map((e) => (e.resource as Patient).gender)).toEqual(['unknown', 'other', 'male', 'female']);
     const page = (await (await server.fhir(`Patient/${v1.id}/_history?_count=2&_offset=1`)).json()) as Bundle<Patient>;
     expect(page.entry?.map((e) => e.resource?.gender)).toEqual(['other', 'male']);
+    // following next links walks every version exactly once
+    const seen: string[] = [];
+    let url: string | undefined = `${server.fhirUrl}Patient/${v1.id}/_history?_count=3`;
+    while (url) {
+      const bundle = (await (await fetch(url)).json()) as Bundle<Patient>;
+      seen.push(...(bundle.entry ?? []).map((e) => e.resource?.gender as string));
+      url = bundle.link?.find((l) => l.relation === 'next')?.url;
+    }
+    expect(seen).toEqual(['unknown', 'other', 'male', 'female']);
   });
 
   test('_since limits instance, type and system history', async () => {

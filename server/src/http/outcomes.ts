@@ -1,4 +1,4 @@
-import { badRequest, getStatus, normalizeOperationOutcome, OperationOutcomeError } from '@medplum/core';
+import { badRequest, getStatus, OperationOutcomeError } from '@medplum/core';
 import type { OperationOutcome } from '@medplum/fhirtypes';
 import type { FastifyError } from 'fastify';
 
@@ -21,12 +21,8 @@ export function outcomeOf(err: unknown): { status: number; outcome: OperationOut
   if (typeof fastifyError.statusCode === 'number' && fastifyError.statusCode >= 400 && fastifyError.statusCode < 500) {
     return { status: fastifyError.statusCode, outcome: badRequest(fastifyError.message ?? 'Bad request') };
   }
-  const outcome = normalizeOperationOutcome(err);
-  const status = getStatus(outcome);
-  if (status >= 500 || !(err instanceof Error)) {
-    return { status: 500, outcome: issue('exception', 'Internal server error') };
-  }
-  return { status, outcome };
+  // Anything else is a fault of ours, not of the request.
+  return { status: 500, outcome: issue('exception', 'Internal server error') };
 }
 
 export function issue(code: 'too-long' | 'not-supported' | 'exception' | 'invalid', text: string): OperationOutcome {

@@ -40,6 +40,7 @@ import type {
 } from '@medplum/fhirtypes';
 import { createHash, randomUUID } from 'node:crypto';
 import type pg from 'pg';
+import { guarded } from '../../db/errors.ts';
 import type { Queryable } from '../../db/pool.ts';
 import type { AttachmentUrls } from '../attachments.ts';
 import type { RequiredBindings } from '../terminology.ts';
@@ -101,7 +102,7 @@ export class PostgresRepository extends FhirRepository {
   }
 
   private get db(): Queryable {
-    return this.client ?? this.services.pool;
+    return guarded(this.client ?? this.services.pool);
   }
 
   setMode(): void {
@@ -305,7 +306,7 @@ export class PostgresRepository extends FhirRepository {
     if (current.length === 0) {
       throw new OperationOutcomeError(notFound);
     }
-    return this.historyBundle('rid = $1', [current[0].rid], options);
+    return this.historyBundle(`${resourceType}/${id}/_history`, 'rid = $1', [current[0].rid], options);
   }
 
   /** Type-level (`Patient/_history`) or system-level (`_history`) history, newest first. */
@@ -319,10 +320,11 @@ export class PostgresRepository extends FhirRepository {
       params.push(resourceType);
       where += ' AND resource_type = $2';
     }
-    return this.historyBundle(where, params, options);
+    return this.historyBundle(resourceType ? `${resourceType}/_history` : '_history', where, params, options);
   }
 
   private async historyBundle<T extends Resource>(
+    path: string,
     where: string,
     params: unknown[],
     options: (ReadHistoryOptions & { since?: string }) | undefined
@@ -375,7 +377,21 @@ export class PostgresRepository extends FhirRepository {
       };
     });
     const total = rows.length > 0 ? Number(rows[0].total) : offset === 0 ? 0 : undefined;
-    return { resourceType: 'Bundle', type: 'history', total, entry };
+    const link = (relation: string, at: number): BundleLink => {
+      const query = new URLSearchParams({ _count: String(limit), _offset: String(at) });
+      if (options?.since) {
+        query.set('_since', options.since);
+      }
+      return { relation, url: `${this.services.baseUrl}fhir/R4/${path}?${query}` };
+    };
+    const links = [link('self', offset)];
+    if (total !== undefined && offset + limit < total) {
+      links.push(link('next', offset + limit));
+    }
+    if (offset > 0) {
+      links.push(link('previous', Math.max(0, offset - limit)));
+    }
+    return { resourceType: 'Bundle', type: 'history', total, link: links, entry };
   }
 
   async readVersion<T extends Resource>(resourceType: string, id: string, vid: string): Promise<WithId<T>> {
@@ -422,11 +438,10 @@ export class PostgresRepository extends FhirRepository {
     let total: number | undefined;
     const needTotal = request.total === 'accurate' || request.total === 'estimate' || overlayMatches !== undefined;
     const where = compiled.where;
-    const values = compiled.params.values;
 
     let dbTotal: number | undefined;
     if (needTotal) {
-      const { rows } = await this.db.query<{ n: string }>(`SELECT count(*) AS n FROM resource r WHERE ${where}`, values);
+      const { rows } = await this.db.query<{ n: string }>(`SELECT count(*) AS n FROM resource r WHERE ${where}`, compiled.whereValues);
       dbTotal = Number(rows[0].n);
     }
     if (count > 0) {
@@ -435,7 +450,7 @@ export class PostgresRepository extends FhirRepository {
       if (dbLimit > 0) {
         const { rows } = await this.db.query<{ content: string }>(
           `SELECT r.content FROM resource r WHERE ${where} ORDER BY ${compiled.orderBy} LIMIT ${dbLimit} OFFSET ${offset}`,
-          values
+          compiled.values
         );
         resources = rows.map((row) => JSON.parse(row.content) as WithId<T>);
       }

@@ -24,7 +24,10 @@ export interface CompileContext {
 export interface CompiledSearch {
   where: string;
   orderBy: string;
-  params: SqlParams;
+  /** Bind values of the WHERE clause alone (for a count). */
+  whereValues: unknown[];
+  /** Bind values of WHERE and ORDER BY together. */
+  values: unknown[];
 }
 
 /** Compiles the filters and sort rules of a search request for the given resource types. */
@@ -45,7 +48,9 @@ export function compileSearch(
   for (const filter of request.filters ?? []) {
     clauses.push(compiler.filter(filter));
   }
-  return { where: clauses.join(' AND '), orderBy: compiler.orderBy(request.sortRules), params };
+  const whereValues = [...params.values];
+  const orderBy = compiler.orderBy(request.sortRules);
+  return { where: clauses.join(' AND '), orderBy, whereValues, values: params.values };
 }
 
 class FilterCompiler {
@@ -357,29 +362,30 @@ function dateCondition(p: SqlParams, low: string, high: string, operator: Operat
   if (!range) {
     throw new OperationOutcomeError(badRequest(`Invalid date search value: ${value}`));
   }
-  const sl = p.add(range.low.toISOString()) + '::timestamptz';
-  const sh = p.add(range.high.toISOString()) + '::timestamptz';
+  // Bind parameters are added only when used: Postgres rejects a statement with an unused, untyped one.
+  const sl = (): string => p.add(range.low.toISOString()) + '::timestamptz';
+  const sh = (): string => p.add(range.high.toISOString()) + '::timestamptz';
+  const within = (): string => `(${low} >= ${sl()} AND ${high} <= ${sh()})`;
   switch (operator) {
     case Operator.EQUALS:
-      return `(${low} >= ${sl} AND ${high} <= ${sh})`;
+      return within();
     case Operator.NOT_EQUALS:
-      return `NOT (${low} >= ${sl} AND ${high} <= ${sh})`;
+      return `NOT ${within()}`;
     case Operator.GREATER_THAN:
-      return `${high} > ${sh}`;
+      return `${high} > ${sh()}`;
     case Operator.LESS_THAN:
-      return `${low} < ${sl}`;
+      return `${low} < ${sl()}`;
     case Operator.GREATER_THAN_OR_EQUALS:
-      return `(${high} > ${sh} OR (${low} >= ${sl} AND ${high} <= ${sh}))`;
+      return `(${high} > ${sh()} OR ${within()})`;
     case Operator.LESS_THAN_OR_EQUALS:
-      return `(${low} < ${sl} OR (${low} >= ${sl} AND ${high} <= ${sh}))`;
+      return `(${low} < ${sl()} OR ${within()})`;
     case Operator.STARTS_AFTER:
-      return `${low} > ${sh}`;
+      return `${low} > ${sh()}`;
     case Operator.ENDS_BEFORE:
-      return `${high} < ${sl}`;
+      return `${high} < ${sl()}`;
     case Operator.APPROXIMATELY: {
       // ap: overlap with the search range widened by 10% of its distance from now.
-      const now = Date.now();
-      const margin = Math.abs(now - range.low.getTime()) * 0.1;
+      const margin = Math.abs(Date.now() - range.low.getTime()) * 0.1;
       const al = p.add(new Date(range.low.getTime() - margin).toISOString()) + '::timestamptz';
       const ah = p.add(new Date(range.high.getTime() + margin).toISOString()) + '::timestamptz';
       return `(${low} <= ${ah} AND ${high} >= ${al})`;
@@ -391,24 +397,25 @@ function dateCondition(p: SqlParams, low: string, high: string, operator: Operat
 
 /** Number comparison; `eq` honours the precision of the search value (100 matches [99.5, 100.5)). */
 function numberCondition(p: SqlParams, operator: Operator, n: number): string {
-  const v = p.add(String(n)) + '::numeric';
-  const half = precisionHalfStep(n);
-  const lo = p.add(String(n - half)) + '::numeric';
-  const hi = p.add(String(n + half)) + '::numeric';
+  const v = (): string => p.add(String(n)) + '::numeric';
   switch (operator) {
     case Operator.EQUALS:
-    case Operator.NOT_EQUALS:
+    case Operator.NOT_EQUALS: {
+      const half = precisionHalfStep(n);
+      const lo = p.add(String(n - half)) + '::numeric';
+      const hi = p.add(String(n + half)) + '::numeric';
       return `((s.value IS NOT NULL AND s.value >= ${lo} AND s.value < ${hi}) OR (s.value IS NULL AND s.low >= ${lo} AND s.high <= ${hi}))`;
+    }
     case Operator.GREATER_THAN:
     case Operator.STARTS_AFTER:
-      return `coalesce(s.value, s.high) > ${v}`;
+      return `coalesce(s.value, s.high) > ${v()}`;
     case Operator.LESS_THAN:
     case Operator.ENDS_BEFORE:
-      return `coalesce(s.value, s.low) < ${v}`;
+      return `coalesce(s.value, s.low) < ${v()}`;
     case Operator.GREATER_THAN_OR_EQUALS:
-      return `coalesce(s.value, s.high) >= ${v}`;
+      return `coalesce(s.value, s.high) >= ${v()}`;
     case Operator.LESS_THAN_OR_EQUALS:
-      return `coalesce(s.value, s.low) <= ${v}`;
+      return `coalesce(s.value, s.low) <= ${v()}`;
     case Operator.APPROXIMATELY: {
       const margin = Math.abs(n) * 0.1;
       return `coalesce(s.value, s.low) BETWEEN ${p.add(String(n - margin))}::numeric AND ${p.add(String(n + margin))}::numeric`;

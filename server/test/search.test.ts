@@ -1,0 +1,226 @@
+import type { MedplumClient } from '@medplum/core';
+import type { Bundle, Observation, Patient } from '@medplum/fhirtypes';
+import { randomUUID } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { FHIR_JSON, startTestServer, unique } from './harness.ts';
+import type { TestServer } from './harness.ts';
+
+let server: TestServer;
+let medplum: MedplumClient;
+let tag: string;
+let anna: Patient;
+let nikos: Patient;
+let observations: Observation[];
+
+const LOINC = 'http://loinc.org';
+
+beforeAll(async () => {
+  server = await startTestServer();
+  medplum = server.medplum();
+  tag = unique('search');
+  const meta = { tag: [{ system: 'urn:test', code: tag }] };
+  anna = await medplum.createResource<Patient>({
+    resourceType: 'Patient',
+    meta,
+    identifier: [{ system: 'urn:cy:id', value: `A-${tag}` }],
+    name: [{ family: 'Ανδρέου', given: ['Άννα'] }],
+    birthDate: '1961-07-14',
+    gender: 'female',
+  });
+  nikos = await medplum.createResource<Patient>({
+    resourceType: 'Patient',
+    meta,
+    identifier: [{ system: 'urn:cy:id', value: `N-${tag}` }],
+    name: [{ family: 'Nicolaou', given: ['Nikos'] }],
+    birthDate: '1975',
+    gender: 'male',
+  });
+  const obs = (subject: Patient, code: string, value: number, unit: string, effective: Partial<Observation>): Observation => ({
+    resourceType: 'Observation',
+    meta,
+    status: 'final',
+    code: { coding: [{ system: LOINC, code, display: code === '2160-0' ? 'Creatinine' : 'Troponin I' }] },
+    subject: { reference: `Patient/${subject.id}` },
+    valueQuantity: { value, unit, system: 'http://unitsofmeasure.org', code: unit },
+    ...effective,
+  });
+  observations = [];
+  for (const o of [
+    obs(anna, '2160-0', 1.1, 'mg/dL', { effectiveDateTime: '2024-03-05T10:00:00Z' }),
+    obs(anna, '2160-0', 97, 'umol/L', { effectiveDateTime: '2024-05-20T08:30:00Z' }),
+    obs(anna, '10839-9', 0.04, 'ng/mL', { effectivePeriod: { start: '2024-06-01T00:00:00Z', end: '2024-06-03T00:00:00Z' } }),
+    obs(nikos, '2160-0', 1.3, 'mg/dL', { effectiveDateTime: '2023-12-31T23:00:00Z' }),
+  ]) {
+    observations.push(await medplum.createResource(o));
+  }
+});
+
+afterAll(async () => {
+  await server.stop();
+});
+
+async function ids(type: string, query: string): Promise<string[]> {
+  const res = await server.fhir(`${type}?_tag=urn:test|${tag}&${query}`);
+  expect(res.status, await res.clone().text()).toBe(200);
+  const bundle = (await res.json()) as Bundle;
+  return (bundle.entry ?? []).map((e) => e.resource?.id as string);
+}
+
+describe('parameter types', () => {
+  test('token: system|code, code, |code, system|, :not, :text', async () => {
+    const creat = observations.filter((o) => o.code.coding?.[0].code === '2160-0').map((o) => o.id);
+    expect((await ids('Observation', `code=${LOINC}|2160-0`)).sort()).toEqual(creat.sort());
+    expect((await ids('Observation', 'code=2160-0')).sort()).toEqual(creat.sort());
+    expect(await ids('Observation', 'code=|2160-0')).toEqual([]);
+    expect(await ids('Observation', `code=${LOINC}|`)).toHaveLength(4);
+    expect(await ids('Observation', 'code:not=2160-0')).toEqual([observations[2].id]);
+    expect(await ids('Observation', 'code:text=tropon')).toEqual([observations[2].id]);
+    expect(await ids('Patient', 'gender=female,male')).toHaveLength(2);
+  });
+
+  test('string: prefix by default, accents and case folded; :exact; :contains', async () => {
+    expect(await ids('Patient', 'name=ανδρε')).toEqual([anna.id]);
+    expect(await ids('Patient', 'given=ΑΝΝΑ')).toEqual([anna.id]);
+    expect(await ids('Patient', 'family:exact=Ανδρέου')).toEqual([anna.id]);
+    expect(await ids('Patient', 'family:exact=ανδρέου')).toEqual([]);
+    expect(await ids('Patient', 'name:contains=olao')).toEqual([nikos.id]);
+    expect(await ids('Patient', 'name=olao')).toEqual([]);
+  });
+
+  test('date: ranges for partial dates and every prefix', async () => {
+    expect(await ids('Patient', 'birthdate=1961-07')).toEqual([anna.id]);
+    // Nikos' birthDate "1975" covers the whole year: eq 1975-06 does not contain it, but ap/ge/le overlap rules apply
+    expect(await ids('Patient', 'birthdate=1975-06-01')).toEqual([]);
+    expect(await ids('Patient', 'birthdate=1975')).toEqual([nikos.id]);
+    expect(await ids('Patient', 'birthdate=lt1970')).toEqual([anna.id]);
+    expect(await ids('Patient', 'birthdate=gt1961-07-14')).toEqual([nikos.id]);
+    expect((await ids('Patient', 'birthdate=ge1961-07-14')).sort()).toEqual([anna.id, nikos.id].sort());
+    expect(await ids('Patient', 'birthdate=sa1961-07-14')).toEqual([nikos.id]);
+    expect(await ids('Patient', 'birthdate=eb1975')).toEqual([anna.id]);
+    expect(await ids('Patient', 'birthdate=ne1961-07-14')).toEqual([nikos.id]);
+    // a Period is a range: June 2 is inside the troponin period; "eq 2024-06" contains all of it
+    expect(await ids('Observation', 'date=2024-06')).toEqual([observations[2].id]);
+    expect(await ids('Observation', 'date=ge2024-06-02&date=le2024-06-02')).toEqual([observations[2].id]);
+    expect(await ids('Observation', 'date=lt2024-01-01&date=gt2023')).toEqual([]);
+    expect(await ids('Observation', 'date=ge2024-05-20T08:30:00Z&code=2160-0')).toEqual([observations[1].id]);
+  });
+
+  test('quantity and number: prefixes, precision and units', async () => {
+    expect(await ids('Observation', 'value-quantity=1.1')).toEqual([observations[0].id]);
+    expect((await ids('Observation', 'value-quantity=gt1')).sort()).toEqual([observations[0].id, observations[1].id, observations[3].id].sort());
+    expect(await ids('Observation', 'value-quantity=gt1|http://unitsofmeasure.org|umol/L')).toEqual([observations[1].id]);
+    expect(await ids('Observation', 'value-quantity=lt0.05')).toEqual([observations[2].id]);
+    expect(await ids('Observation', 'value-quantity=ap100')).toEqual([observations[1].id]);
+  });
+
+  test('reference: Type/id, bare id, absolute URL, :identifier', async () => {
+    expect(await ids('Observation', `subject=Patient/${nikos.id}`)).toEqual([observations[3].id]);
+    expect(await ids('Observation', `patient=${nikos.id}`)).toEqual([observations[3].id]);
+    expect(await ids('Observation', `subject=${server.fhirUrl}Patient/${nikos.id}`)).toEqual([observations[3].id]);
+    const withIdentifier = await medplum.createResource<Observation>({
+      resourceType: 'Observation',
+      meta: { tag: [{ system: 'urn:test', code: tag }] },
+      status: 'final',
+      code: { text: 'ECG' },
+      subject: { identifier: { system: 'urn:cy:id', value: `X-${tag}` } },
+    });
+    expect(await ids('Observation', `subject:identifier=urn:cy:id|X-${tag}`)).toEqual([withIdentifier.id]);
+    await medplum.deleteResource('Observation', withIdentifier.id as string);
+  });
+
+  test('_id, _lastUpdated, :missing and _filter', async () => {
+    expect(await ids('Patient', `_id=${anna.id},${nikos.id}`)).toHaveLength(2);
+    expect(await ids('Patient', `_lastUpdated=ge${anna.meta?.lastUpdated}`)).toHaveLength(2);
+    expect(await ids('Patient', `_lastUpdated=lt${anna.meta?.lastUpdated}`)).toEqual([]);
+    expect(await ids('Patient', 'address:missing=true')).toHaveLength(2);
+    expect(await ids('Patient', 'address:missing=false')).toEqual([]);
+    expect(await ids('Patient', 'gender:missing=false')).toHaveLength(2);
+    expect(await ids('Patient', `_filter=${encodeURIComponent('gender eq female or birthdate gt 1970')}`)).toHaveLength(2);
+    expect(await ids('Patient', `_filter=${encodeURIComponent('gender eq female and birthdate gt 1970')}`)).toEqual([]);
+  });
+});
+
+describe('results', () => {
+  test('_sort on a date, descending, and on a string', async () => {
+    expect(await ids('Observation', `subject=Patient/${anna.id}&_sort=-date`)).toEqual([observations[2].id, observations[1].id, observations[0].id]);
+    expect(await ids('Patient', '_sort=family')).toEqual([nikos.id, anna.id]);
+    expect(await ids('Patient', '_sort=-birthdate')).toEqual([nikos.id, anna.id]);
+  });
+
+  test('_count and _offset page with next/previous links; _total=accurate', async () => {
+    const res = await server.fhir(`Observation?_tag=urn:test|${tag}&_count=3&_sort=date&_total=accurate`);
+    const first = (await res.json()) as Bundle;
+    expect(res.status, JSON.stringify(first)).toBe(200);
+    expect(first.total).toBe(4);
+    expect(first.entry).toHaveLength(3);
+    const next = first.link?.find((l) => l.relation === 'next')?.url as string;
+    const second = (await (await fetch(next)).json()) as Bundle;
+    expect(second.entry).toHaveLength(1);
+    expect(second.link?.find((l) => l.relation === 'next')).toBeUndefined();
+    expect(second.link?.find((l) => l.relation === 'previous')).toBeDefined();
+    const all = [...(first.entry ?? []), ...(second.entry ?? [])].map((e) => e.resource?.id);
+    expect(new Set(all).size).toBe(4);
+  });
+
+  test('_include and _revinclude', async () => {
+    const withPatient = (await (await server.fhir(`Observation?_tag=urn:test|${tag}&code=10839-9&_include=Observation:subject`)).json()) as Bundle;
+    expect(withPatient.entry?.map((e) => [e.resource?.resourceType, e.search?.mode])).toEqual([
+      ['Observation', 'match'],
+      ['Patient', 'include'],
+    ]);
+    const withObs = (await (await server.fhir(`Patient?_id=${nikos.id}&_revinclude=Observation:subject`)).json()) as Bundle;
+    expect(withObs.entry?.filter((e) => e.search?.mode === 'include').map((e) => e.resource?.id)).toEqual([observations[3].id]);
+  });
+
+  test('_type searches several types at once', async () => {
+    const res = (await (await server.fhir(`?_type=Patient,Observation&_tag=urn:test|${tag}&_count=100`)).json()) as Bundle;
+    const types = (res.entry ?? []).map((e) => e.resource?.resourceType).sort();
+    expect(types.filter((t) => t === 'Patient')).toHaveLength(2);
+    expect(types.filter((t) => t === 'Observation')).toHaveLength(4);
+  });
+
+  test('POST _search takes form parameters', async () => {
+    const res = await server.fhir('Patient/_search', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: `_tag=urn:test|${tag}&gender=male`,
+    });
+    const bundle = (await res.json()) as Bundle;
+    expect(bundle.entry?.map((e) => e.resource?.id)).toEqual([nikos.id]);
+  });
+
+  test('GraphQL reverse references use searchByReference', async () => {
+    const res = await server.fhir('$graphql', {
+      method: 'POST',
+      headers: FHIR_JSON,
+      body: JSON.stringify({ query: `{ PatientList(_id: "${anna.id}") { id ObservationList(_reference: subject, _sort: "date") { id } } }` }),
+    });
+    const body = (await res.json()) as { data: { PatientList: { id: string; ObservationList: { id: string }[] }[] } };
+    expect(body.data.PatientList[0].ObservationList.map((o) => o.id)).toEqual(observations.slice(0, 3).map((o) => o.id));
+  });
+});
+
+describe('project isolation in the repository', () => {
+  test('another project sees none of these resources: read, search, history, vread, references', async () => {
+    const other = randomUUID();
+    const repo = server.services.repo({ projectId: other, readProjects: [other], author: { reference: 'system' } });
+    await expect(repo.readResource('Patient', anna.id as string)).rejects.toThrow('Not found');
+    await expect(repo.readVersion('Patient', anna.id as string, anna.meta?.versionId as string)).rejects.toThrow('Not found');
+    await expect(repo.readHistory('Patient', anna.id as string)).rejects.toThrow('Not found');
+    const found = await repo.searchResources({ resourceType: 'Patient', filters: [{ code: '_tag', operator: 'eq', value: `urn:test|${tag}` }] });
+    expect(found).toEqual([]);
+    const history = await repo.readTypeHistory('Patient');
+    expect(history.entry ?? []).toEqual([]);
+    await expect(
+      repo.createResource<Observation>({
+        resourceType: 'Observation',
+        status: 'final',
+        code: { text: 'x' },
+        subject: { reference: `Patient?identifier=urn:cy:id|A-${tag}` },
+      })
+    ).rejects.toThrow('matched no resource');
+    // and it cannot overwrite them
+    await expect(repo.updateResource({ ...anna, gender: 'other' })).rejects.toThrow();
+    expect((await medplum.readResource('Patient', anna.id as string)).gender).toBe('female');
+  });
+});
