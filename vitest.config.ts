@@ -4,6 +4,7 @@ export default defineConfig({
   test: {
     include: ['server/test/**/*.test.ts'],
     globalSetup: ['server/test/global-setup.ts'],
+    reporters: ['default', './server/test/summary-reporter.ts'],
     testTimeout: 60_000,
     hookTimeout: 120_000,
     pool: 'forks',
