@@ -1,5 +1,6 @@
 import type { MedplumClient } from '@medplum/core';
 import type { Binary, DocumentReference, OperationOutcome } from '@medplum/fhirtypes';
+import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { FHIR_JSON, startTestServer } from './harness.ts';
 import type { TestServer } from './harness.ts';
@@ -26,7 +27,7 @@ describe('Binary', () => {
     expect(binary.resourceType).toBe('Binary');
     expect(binary.contentType).toBe('application/pdf');
     expect(binary.data).toBeUndefined();
-    expect(binary.url).toMatch(new RegExp(`^${server.baseUrl}storage/${binary.id}\\?Expires=\\d+&Signature=`));
+    expect(binary.url).toMatch(new RegExp(`^${server.baseUrl}storage/${binary.id}/${binary.meta?.versionId}\\?Expires=\\d+&Signature=`));
 
     const raw = await server.fhir(`Binary/${binary.id}`);
     expect(raw.headers.get('content-type')).toBe('application/pdf');
@@ -81,7 +82,7 @@ describe('Binary', () => {
       status: 'current',
       content: [{ attachment }],
     });
-    const binaryId = new URL(attachment.url as string).pathname.split('/').pop();
+    const binaryId = new URL(attachment.url as string).pathname.split('/')[2]; // /storage/{id}/{versionId}
     const { rows } = await server.services.pool.query<{ content: string }>(
       `SELECT content FROM resource WHERE resource_type = 'DocumentReference' AND id = $1`,
       [doc.id]
@@ -104,6 +105,66 @@ describe('Binary', () => {
     } finally {
       await small.stop();
     }
+  });
+
+  test('each PUT of new bytes makes a new version, even when the metadata is the same', async () => {
+    const first = await medplum.createBinary({ data: 'FIRST', contentType: 'text/plain' });
+    for (const body of ['FIFTH', 'SIXTH']) {
+      const res = await server.fhir(`Binary/${first.id}`, { method: 'PUT', headers: { 'Content-Type': 'text/plain' }, body });
+      expect(res.status).toBe(200);
+      expect(await (await server.fhir(`Binary/${first.id}`)).text()).toBe(body);
+    }
+  });
+
+  test('raw PUT: If-Match in any form is checked; a PUT to a new id creates (201)', async () => {
+    const binary = await medplum.createBinary({ data: 'x', contentType: 'text/plain' });
+    for (const ifMatch of ['"wrong"', 'W/"wrong"', 'wrong']) {
+      const res = await server.fhir(`Binary/${binary.id}`, { method: 'PUT', headers: { 'Content-Type': 'text/plain', 'If-Match': ifMatch }, body: 'y' });
+      expect(res.status).toBe(412);
+    }
+    expect(await (await server.fhir(`Binary/${binary.id}`)).text()).toBe('x');
+    const fresh = await server.fhir(`Binary/new-${binary.id}`, { method: 'PUT', headers: { 'Content-Type': 'text/plain' }, body: 'z' });
+    expect(fresh.status).toBe(201);
+  });
+
+  test('an empty upload is a Binary with no bytes', async () => {
+    const res = await server.fhir('Binary', { method: 'POST', headers: { 'Content-Type': 'text/plain' }, body: '' });
+    expect(res.status).toBe(201);
+    const binary = (await res.json()) as Binary;
+    const raw = await server.fhir(`Binary/${binary.id}`);
+    expect(raw.status).toBe(200);
+    expect((await raw.arrayBuffer()).byteLength).toBe(0);
+  });
+
+  test('JSON Binary data must be valid base64', async () => {
+    const before = await server.rowCounts();
+    const res = await server.fhir('Binary', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Binary', contentType: 'text/plain', data: 'not base64!' }) });
+    expect(res.status).toBe(400);
+    expect(await server.rowCounts()).toEqual(before);
+  });
+
+  test('uploaded HTML is served so that it cannot run as a page of this origin', async () => {
+    const html = await medplum.createBinary({ data: '<script>alert(1)</script>', contentType: 'text/html' });
+    for (const res of [await server.fhir(`Binary/${html.id}`), await fetch(html.url as string)]) {
+      expect(res.headers.get('content-security-policy')).toContain('sandbox');
+      expect(res.headers.get('x-content-type-options')).toBe('nosniff');
+      expect(res.headers.get('content-disposition')).toBe('attachment');
+    }
+  });
+
+  test('only url elements of attachments are rewritten (not Bundle.entry.request.url)', async () => {
+    const binary = await medplum.createBinary({ data: 'x', contentType: 'text/plain' });
+    const history = (await (await server.fhir(`Binary/${binary.id}/_history`)).json()) as { entry: { request: { url: string } }[] };
+    expect(history.entry[0].request.url).toBe('Binary');
+  });
+
+  test('signed URLs are issued only for Binaries the reader may read', async () => {
+    const binary = await medplum.createBinary({ data: 'secret', contentType: 'text/plain' });
+    const other = server.services.repo({ projectId: randomUUID(), readProjects: [], author: { reference: 'system' } });
+    expect(await other.readableBinaries([binary.id as string])).toEqual(new Map());
+    expect(await server.services.repo().readableBinaries([binary.id as string])).toEqual(new Map([[binary.id, binary.meta?.versionId]]));
+    const doc = { resourceType: 'DocumentReference', content: [{ attachment: { contentType: 'text/plain', url: `Binary/${binary.id}` } }] };
+    expect(server.services.attachments.toFetchable(structuredClone(doc), new Map()).content[0].attachment.url).toBe(`Binary/${binary.id}`);
   });
 
   test('reading an unknown Binary is 404; a deleted one 410', async () => {

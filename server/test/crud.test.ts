@@ -101,6 +101,22 @@ describe('create, read, update, delete', () => {
     expect(((await res.json()) as Patient).id).toBe(id);
   });
 
+  test('parallel PUTs creating the same new id: one 201, the rest updates, no conflicts', async () => {
+    const id = unique('race');
+    const results = await Promise.all(
+      Array.from({ length: 10 }, (_, i) =>
+        server.fhir(`Patient/${id}`, {
+          method: 'PUT',
+          headers: FHIR_JSON,
+          body: JSON.stringify({ ...newPatient(), id, birthDate: `19${50 + i}-01-01` }),
+        })
+      )
+    );
+    const statuses = results.map((r) => r.status);
+    expect(statuses.filter((s) => s === 201)).toHaveLength(1);
+    expect(statuses.filter((s) => s === 200)).toHaveLength(9);
+  });
+
   test('delete: read answers 410, vread of old versions still works, history shows the delete', async () => {
     const v1 = await medplum.createResource(newPatient());
     await medplum.deleteResource('Patient', v1.id as string);

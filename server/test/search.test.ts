@@ -113,6 +113,45 @@ describe('parameter types', () => {
     expect(await ids('Observation', 'value-quantity=ap100')).toEqual([observations[1].id]);
   });
 
+  test('number precision comes from the text of the value', async () => {
+    const tagMeta = { tag: [{ system: 'urn:test', code: tag }] };
+    const precise = await medplum.createResource<Observation>({
+      resourceType: 'Observation',
+      meta: tagMeta,
+      status: 'final',
+      code: { text: 'precision' },
+      valueQuantity: { value: 5.43, unit: 'mmol/L' },
+    });
+    const tiny = await medplum.createResource<Observation>({
+      resourceType: 'Observation',
+      meta: tagMeta,
+      status: 'final',
+      code: { text: 'precision' },
+      valueQuantity: { value: 0.3, unit: 'mmol/L' },
+    });
+    expect(await ids('Observation', 'code:text=precision&value-quantity=5.4')).toEqual([precise.id]);
+    expect(await ids('Observation', 'code:text=precision&value-quantity=5.40')).toEqual([]);
+    expect(await ids('Observation', 'code:text=precision&value-quantity=5.43')).toEqual([precise.id]);
+    expect(await ids('Observation', 'code:text=precision&value-quantity=0.0000001')).toEqual([]);
+    expect(await ids('Observation', 'code:text=precision&value-quantity=3e-1')).toEqual([tiny.id]);
+    await medplum.deleteResource('Observation', precise.id as string);
+    await medplum.deleteResource('Observation', tiny.id as string);
+  });
+
+  test('e-mail search ignores case; years before 100 are not 19xx', async () => {
+    const p = await medplum.createResource<Patient>({
+      resourceType: 'Patient',
+      meta: { tag: [{ system: 'urn:test', code: tag }] },
+      telecom: [{ system: 'email', value: 'Eleni.Pappa@Example.com' }],
+      birthDate: '1950-06-01',
+    });
+    expect(await ids('Patient', 'email=eleni.pappa@example.com')).toEqual([p.id]);
+    expect(await ids('Patient', 'email=ELENI.PAPPA@EXAMPLE.COM')).toEqual([p.id]);
+    expect(await ids('Patient', 'birthdate=0050')).toEqual([]);
+    expect(await ids('Patient', 'birthdate=1950')).toEqual([p.id]);
+    await medplum.deleteResource('Patient', p.id as string);
+  });
+
   test('reference: Type/id, bare id, absolute URL, :identifier', async () => {
     expect(await ids('Observation', `subject=Patient/${nikos.id}`)).toEqual([observations[3].id]);
     expect(await ids('Observation', `patient=${nikos.id}`)).toEqual([observations[3].id]);
@@ -179,7 +218,7 @@ describe('results', () => {
     expect(types.filter((t) => t === 'Observation')).toHaveLength(4);
   });
 
-  test('POST _search takes form parameters', async () => {
+  test('POST _search takes form parameters, repeated ones included', async () => {
     const res = await server.fhir('Patient/_search', {
       method: 'POST',
       headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
@@ -187,6 +226,23 @@ describe('results', () => {
     });
     const bundle = (await res.json()) as Bundle;
     expect(bundle.entry?.map((e) => e.resource?.id)).toEqual([nikos.id]);
+    const ranged = await server.fhir('Patient/_search', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/x-www-form-urlencoded' },
+      body: `_tag=urn:test|${tag}&birthdate=ge1961-07-14&birthdate=le1961-07-14`,
+    });
+    expect(((await ranged.json()) as Bundle).entry?.map((e) => e.resource?.id)).toEqual([anna.id]);
+  });
+
+  test('_count=0 reports the real total; an _offset beyond the limit is a 400; unsupported parameters are a 400', async () => {
+    const counted = (await (await server.fhir(`Patient?_tag=urn:test|${tag}&_count=0`)).json()) as Bundle;
+    expect(counted.total).toBe(2);
+    expect(counted.entry ?? []).toHaveLength(0);
+    expect((await server.fhir(`Patient?_offset=99999999999999999999`)).status).toBe(400);
+    expect((await server.fhir(`Patient/_history?_offset=1e21`)).status).toBe(400);
+    expect((await server.fhir(`Patient?_compartment=Patient/${anna.id}`)).status).toBe(400);
+    const history = (await (await server.fhir(`Patient/${anna.id}/_history?_count=0`)).json()) as Bundle;
+    expect(history.total).toBe(1);
   });
 
   test('GraphQL reverse references use searchByReference', async () => {
@@ -219,8 +275,23 @@ describe('project isolation in the repository', () => {
         subject: { reference: `Patient?identifier=urn:cy:id|A-${tag}` },
       })
     ).rejects.toThrow('matched no resource');
-    // and it cannot overwrite them
-    await expect(repo.updateResource({ ...anna, gender: 'other' })).rejects.toThrow();
+    // the same id in another project is another resource: writing it neither fails nor touches this one
+    const own = await repo.upsertResource({ ...anna, meta: undefined, gender: 'other' });
+    expect(own.created).toBe(true);
     expect((await medplum.readResource('Patient', anna.id as string)).gender).toBe('female');
+    // a context that may read this project still writes only to its own
+    const reader = server.services.repo({ projectId: other, readProjects: [other, server.services.defaultContext.projectId], author: { reference: 'system' } });
+    expect((await reader.readResource<Patient>('Patient', anna.id as string)).gender).toBe('other');
+    await reader.updateResource({ ...anna, meta: undefined, gender: 'unknown' });
+    expect((await medplum.readResource('Patient', anna.id as string)).gender).toBe('female');
+  });
+
+  test('a conditional reference needs criteria', async () => {
+    const res = await server.fhir('Observation', {
+      method: 'POST',
+      headers: FHIR_JSON,
+      body: JSON.stringify({ resourceType: 'Observation', status: 'final', code: { text: 'x' }, subject: { reference: 'Patient?' } }),
+    });
+    expect(res.status).toBe(400);
   });
 });

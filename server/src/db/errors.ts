@@ -22,19 +22,38 @@ export class DatabaseError extends OperationOutcomeError {
   }
 }
 
-/** Wraps a pool or client so that every failed query throws a DatabaseError (logged unless expected). */
-export function guarded(db: Queryable): Queryable {
+/** A deadlock: the transaction can simply run again. (READ COMMITTED raises no serialization failures.) */
+export function isRetryable(err: unknown): boolean {
+  return err instanceof DatabaseError && err.code === '40P01';
+}
+
+/**
+ * Wraps a pool or client so that every failed query throws a DatabaseError (logged unless expected).
+ * `onError` sees each one first, even if a caller later turns it into an OperationOutcome.
+ */
+export function guarded(db: Queryable, onError?: (err: DatabaseError) => void): Queryable {
   return {
     query: (async (...args: Parameters<pg.Pool['query']>) => {
       try {
         return await (db.query as (...a: unknown[]) => Promise<unknown>)(...args);
       } catch (err) {
-        const wrapped = new DatabaseError(err);
+        const wrapped = err instanceof DatabaseError ? err : new DatabaseError(err);
         if (!EXPECTED.has(wrapped.code ?? '')) {
           console.error('database error', wrapped.code, (err as Error).message);
         }
+        onError?.(wrapped);
         throw wrapped;
       }
     }) as pg.Pool['query'],
   };
+}
+
+/** pool.connect, with a failure (database down, pool closed) reported as a DatabaseError. */
+export async function connect(pool: pg.Pool): Promise<pg.PoolClient> {
+  try {
+    return await pool.connect();
+  } catch (err) {
+    console.error('database connection failed', (err as Error).message);
+    throw new DatabaseError(err);
+  }
 }

@@ -3,12 +3,19 @@ import { createHmac, timingSafeEqual } from 'node:crypto';
 /** How long a signed Binary URL stays valid. */
 const URL_LIFETIME_SECONDS = 3600;
 
-const BINARY_REF_RE = /^Binary\/([A-Za-z0-9\-.]{1,64})$/;
+const ID = '[A-Za-z0-9\\-.]{1,64}';
+const BINARY_REF_RE = new RegExp(`^Binary/(${ID})$`);
+
+/** What a signed URL names: one version of one Binary. */
+export interface BinaryVersion {
+  id: string;
+  versionId: string;
+}
 
 /**
  * Attachment URLs for Binary content. Stored resources keep `Binary/{id}`; responses carry a signed
- * `{base}storage/{id}?Expires=..&Signature=..` URL that a browser can fetch without a bearer token,
- * as Medplum's presigned URLs allow.
+ * `{base}storage/{id}/{versionId}?Expires=..&Signature=..` URL that a browser can fetch without a
+ * bearer token, as Medplum's presigned URLs allow. Only Binaries the reader may read are signed.
  */
 export class AttachmentUrls {
   private readonly baseUrl: string;
@@ -19,18 +26,18 @@ export class AttachmentUrls {
     this.key = key;
   }
 
-  /** A signed, time-limited URL for the current content of Binary/{id}. */
-  sign(binaryId: string, now = Date.now()): string {
+  /** A signed, time-limited URL for one Binary version. */
+  sign(binary: BinaryVersion, now = Date.now()): string {
     const expires = Math.floor(now / 1000) + URL_LIFETIME_SECONDS;
-    return `${this.baseUrl}storage/${binaryId}?Expires=${expires}&Signature=${this.signature(binaryId, expires)}`;
+    return `${this.baseUrl}storage/${binary.id}/${binary.versionId}?Expires=${expires}&Signature=${this.signature(binary, expires)}`;
   }
 
-  verify(binaryId: string, expires: string | undefined, signature: string | undefined, now = Date.now()): boolean {
+  verify(binary: BinaryVersion, expires: string | undefined, signature: string | undefined, now = Date.now()): boolean {
     const exp = Number(expires);
     if (!Number.isInteger(exp) || !signature || exp < now / 1000) {
       return false;
     }
-    const expected = Buffer.from(this.signature(binaryId, exp));
+    const expected = Buffer.from(this.signature(binary, exp));
     const given = Buffer.from(signature);
     return expected.length === given.length && timingSafeEqual(expected, given);
   }
@@ -52,33 +59,54 @@ export class AttachmentUrls {
 
   /** Rewrites every attachment URL pointing at one of our Binaries to `Binary/{id}` (before storing). */
   toStored<T>(resource: T): T {
-    walkUrls(resource, (url) => {
+    walkAttachmentUrls(resource, (url) => {
       const id = this.binaryIdOf(url);
       return id ? `Binary/${id}` : url;
     });
     return resource;
   }
 
-  /** Rewrites stored `Binary/{id}` attachment URLs to signed URLs (before responding). */
-  toFetchable<T>(resource: T): T {
-    const now = Date.now();
-    walkUrls(resource, (url) => {
+  /** The Binary ids the resource's attachments refer to (`Binary/{id}`). */
+  referencedBinaries(resource: unknown): string[] {
+    const ids = new Set<string>();
+    walkAttachmentUrls(resource, (url) => {
       const m = BINARY_REF_RE.exec(url);
-      return m ? this.sign(m[1], now) : url;
+      if (m) {
+        ids.add(m[1]);
+      }
+      return url;
+    });
+    return [...ids];
+  }
+
+  /**
+   * Rewrites stored `Binary/{id}` attachment URLs to signed URLs (before responding). `readable` maps
+   * the ids the reader may read to their current version; other references stay as they are.
+   */
+  toFetchable<T>(resource: T, readable: ReadonlyMap<string, string>): T {
+    const now = Date.now();
+    walkAttachmentUrls(resource, (url) => {
+      const m = BINARY_REF_RE.exec(url);
+      const versionId = m ? readable.get(m[1]) : undefined;
+      return m && versionId ? this.sign({ id: m[1], versionId }, now) : url;
     });
     return resource;
   }
 
-  private signature(binaryId: string, expires: number): string {
-    return createHmac('sha256', this.key).update(`${binaryId}\n${expires}`).digest('base64url');
+  private signature(binary: BinaryVersion, expires: number): string {
+    return createHmac('sha256', this.key).update(`${binary.id}\n${binary.versionId}\n${expires}`).digest('base64url');
   }
 }
 
-/** Visits every `url` string property; only Attachment.url can hold a Binary reference or one of our Binary URLs. */
-function walkUrls(node: unknown, rewrite: (url: string) => string): void {
+/**
+ * Visits the `url` of every Attachment-shaped object: one that also has a contentType, title, size,
+ * hash, creation, language or data. (Other `url` elements — Extension.url, Bundle.entry.request.url,
+ * canonical URLs — have none of those and are left alone.)
+ */
+function walkAttachmentUrls(node: unknown, rewrite: (url: string) => string): void {
   if (Array.isArray(node)) {
     for (const item of node) {
-      walkUrls(item, rewrite);
+      walkAttachmentUrls(item, rewrite);
     }
     return;
   }
@@ -86,12 +114,18 @@ function walkUrls(node: unknown, rewrite: (url: string) => string): void {
     return;
   }
   const obj = node as Record<string, unknown>;
-  if (typeof obj.url === 'string') {
+  if (typeof obj.url === 'string' && isAttachmentShaped(obj)) {
     obj.url = rewrite(obj.url);
   }
   for (const value of Object.values(obj)) {
     if (value && typeof value === 'object') {
-      walkUrls(value, rewrite);
+      walkAttachmentUrls(value, rewrite);
     }
   }
+}
+
+const ATTACHMENT_KEYS = ['contentType', 'title', 'size', 'hash', 'creation', 'language', 'data'];
+
+function isAttachmentShaped(obj: Record<string, unknown>): boolean {
+  return ATTACHMENT_KEYS.some((key) => key in obj) && !('resourceType' in obj);
 }

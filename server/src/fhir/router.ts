@@ -48,9 +48,14 @@ async function updateOperation(req: FhirRequest, repo: PostgresRepository): Prom
   if (resource.id !== id) {
     throw new OperationOutcomeError(badRequest('Resource id does not match the URL', `${resourceType}.id`));
   }
-  const ifMatch = /^(?:W\/)?"?([^"]+)"?$/.exec(String(req.headers?.['if-match'] ?? ''))?.[1];
-  const result = await repo.upsertResource(resource, { ifMatch });
+  const result = await repo.upsertResource(resource, { ifMatch: parseIfMatch(req.headers?.['if-match']) });
   return [result.created ? created : allOk, result.resource];
+}
+
+/** The version in an If-Match header: `W/"v"`, `"v"` or `v`. */
+export function parseIfMatch(header: string | string[] | undefined): string | undefined {
+  const value = Array.isArray(header) ? header[0] : header;
+  return value ? /^(?:W\/)?"?([^"]+)"?$/.exec(value.trim())?.[1] : undefined;
 }
 
 function withRepo(handler: (req: FhirRequest, repo: PostgresRepository) => Promise<FhirResponse>): FhirRouteHandler {
@@ -108,7 +113,10 @@ export async function handleFhirRequest(router: FhirRouter, repo: PostgresReposi
       for (const criteria of conditionalCriteria(bundle)) {
         await tx.lockCriteria(parseSearchRequest(criteria));
       }
-      const response = await router.handleRequest(req, tx);
+      await tx.lockResources(literalTargets(bundle));
+      // fhir-router rewrites the bundle in place (ids, conditional URLs); a retried attempt starts from the original.
+      const attempt: FhirRequest = { ...req, pathname: '', params: {}, query: {}, body: structuredClone(bundle) };
+      const response = await router.handleRequest(attempt, tx);
       if (!isOk(response[0])) {
         throw new RolledBack(response);
       }
@@ -144,6 +152,19 @@ function conditionalCriteria(bundle: Bundle): string[] {
     }
   }
   return [...criteria].sort();
+}
+
+/** The `Type/id` resources that PUT, PATCH and DELETE entries name literally. */
+function literalTargets(bundle: Bundle): { resourceType: string; id: string }[] {
+  const targets: { resourceType: string; id: string }[] = [];
+  for (const entry of bundle.entry ?? []) {
+    const { method, url } = entry.request ?? {};
+    const m = url && method && method !== 'GET' && method !== 'POST' ? /^([A-Z][A-Za-z]+)\/([A-Za-z0-9\-.]{1,64})$/.exec(url) : null;
+    if (m) {
+      targets.push({ resourceType: m[1], id: m[2] });
+    }
+  }
+  return targets;
 }
 
 function stripQuery(url: string): string {

@@ -1,14 +1,15 @@
 import compress from '@fastify/compress';
-import { allOk, badRequest, notFound, OperationOutcomeError } from '@medplum/core';
+import { allOk, badRequest, created, notFound, OperationOutcomeError } from '@medplum/core';
 import type { FhirRequest, HttpMethod } from '@medplum/fhir-router';
 import type { Binary, Resource } from '@medplum/fhirtypes';
 import Fastify from 'fastify';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { readStoredBinary } from '../fhir/repo/storage-read.ts';
-import { handleFhirRequest } from '../fhir/router.ts';
+import { handleFhirRequest, parseIfMatch } from '../fhir/router.ts';
 import type { ServerServices } from '../services.ts';
 import { VERSION } from '../services.ts';
 import { sendFhirResponse, sendJson } from './fhir-response.ts';
+import { guarded } from '../db/errors.ts';
 import { parseJsonBody } from './json-body.ts';
 import { outcomeOf } from './outcomes.ts';
 
@@ -69,15 +70,20 @@ async function fhirRoutes(app: FastifyInstance, services: ServerServices): Promi
     }
   });
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
-    done(null, Object.fromEntries(new URLSearchParams(body as string)));
+    // POST _search: repeated parameters (date=ge..&date=le..) must all be kept
+    const params: Record<string, string[]> = {};
+    for (const [key, value] of new URLSearchParams(body as string)) {
+      (params[key] ??= []).push(value);
+    }
+    done(null, params);
   });
 
   app.get(`${FHIR_PREFIX}/metadata`, async (request, reply) => sendJson(request, reply, services.capabilityStatement));
 
   const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
-    const fhirRequest = toFhirRequest(request);
-    const response = await handleFhirRequest(services.router, services.repo(), fhirRequest);
-    return sendFhirResponse(request, reply, services, response);
+    const repo = services.repo();
+    const response = await handleFhirRequest(services.router, repo, toFhirRequest(request));
+    return sendFhirResponse(request, reply, services, repo, response);
   };
   app.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: `${FHIR_PREFIX}`, handler });
   app.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: `${FHIR_PREFIX}/*`, handler });
@@ -118,15 +124,16 @@ async function binaryRoutes(app: FastifyInstance, services: ServerServices): Pro
       if (parsed?.resourceType === 'Binary') {
         const fhirRequest = toFhirRequest(request);
         fhirRequest.body = parsed;
-        return sendFhirResponse(request, reply, services, await handleFhirRequest(services.router, repo, fhirRequest));
+        return sendFhirResponse(request, reply, services, repo, await handleFhirRequest(services.router, repo, fhirRequest));
       }
     }
+    if (id) {
+      const result = await repo.upsertBinary(id, contentType, body, parseIfMatch(request.headers['if-match']));
+      return sendFhirResponse(request, reply, services, repo, [result.created ? created : allOk, result.resource]);
+    }
     const securityContext = request.headers['x-security-context'];
-    const ifMatch = /W\/"([^"]+)"/.exec(String(request.headers['if-match'] ?? ''))?.[1];
-    const binary: Binary = id
-      ? await repo.updateBinary(id, contentType, body, ifMatch)
-      : await repo.createBinary(contentType, body, securityContext ? { reference: String(securityContext) } : undefined);
-    return sendFhirResponse(request, reply, services, [id ? allOk : { ...allOk, id: 'created' }, binary]);
+    const binary = await repo.createBinary(contentType, body, securityContext ? { reference: String(securityContext) } : undefined);
+    return sendFhirResponse(request, reply, services, repo, [created, binary]);
   };
 
   app.post(`${FHIR_PREFIX}/Binary`, (request, reply) => writeBinary(request, reply));
@@ -139,34 +146,46 @@ async function binaryRoutes(app: FastifyInstance, services: ServerServices): Pro
     const repo = services.repo();
     const { id, vid } = request.params;
     const binary = vid ? await repo.readVersion<Binary>('Binary', id, vid) : await repo.readResource<Binary>('Binary', id);
-    const data = await repo.readBinaryData(id, vid);
+    const data = await repo.readBinaryData(binary);
     const accept = request.headers.accept ?? '';
     if (accept.includes('application/fhir+json')) {
-      return sendFhirResponse(request, reply, services, [allOk, { ...binary, data: data.toString('base64') }]);
+      return sendFhirResponse(request, reply, services, repo, [allOk, { ...binary, data: data.length ? data.toString('base64') : undefined }]);
     }
     if (binary.meta?.versionId) {
       reply.header('ETag', `W/"${binary.meta.versionId}"`);
     }
-    reply.header('Content-Type', binary.contentType ?? 'application/octet-stream');
-    return reply.send(data);
+    return sendRawContent(reply, binary.contentType, data);
   };
   app.get(`${FHIR_PREFIX}/Binary/:id`, readBinary);
   app.get(`${FHIR_PREFIX}/Binary/:id/_history/:vid`, readBinary);
 
-  app.get<{ Params: { id: string }; Querystring: { Expires?: string; Signature?: string } }>(
-    '/storage/:id',
+  app.get<{ Params: { id: string; versionId: string }; Querystring: { Expires?: string; Signature?: string } }>(
+    '/storage/:id/:versionId',
     async (request, reply) => {
-      const { id } = request.params;
-      if (!services.attachments.verify(id, request.query.Expires, request.query.Signature)) {
+      const binary = { id: request.params.id, versionId: request.params.versionId };
+      if (!services.attachments.verify(binary, request.query.Expires, request.query.Signature)) {
         throw new OperationOutcomeError({ ...badRequest('Invalid or expired signature'), id: 'forbidden' });
       }
-      // The signature is the authorization: the Binary is found whatever project it is in.
-      const stored = await readStoredBinary(services.pool, id);
+      const stored = await readStoredBinary(guarded(services.pool), binary);
       if (!stored) {
         throw new OperationOutcomeError(notFound);
       }
-      reply.header('Content-Type', stored.contentType);
-      return reply.send(stored.data);
+      return sendRawContent(reply, stored.contentType, stored.data);
     }
   );
+}
+
+/**
+ * Uploaded bytes are served from the API's own origin, so they must not run as a page there:
+ * a sandboxing CSP, no MIME sniffing, and active types (HTML, SVG, XML, scripts) as downloads.
+ */
+function sendRawContent(reply: FastifyReply, contentType: string | undefined, data: Buffer): FastifyReply {
+  const type = contentType ?? 'application/octet-stream';
+  reply.header('Content-Type', type);
+  reply.header('Content-Security-Policy', "sandbox; default-src 'none'");
+  reply.header('X-Content-Type-Options', 'nosniff');
+  if (/html|svg|xml|javascript|ecmascript/i.test(type)) {
+    reply.header('Content-Disposition', 'attachment');
+  }
+  return reply.send(data);
 }

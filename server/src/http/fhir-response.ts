@@ -4,6 +4,7 @@ import type { Binary, Bundle, Resource } from '@medplum/fhirtypes';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { AttachmentUrls } from '../fhir/attachments.ts';
 import type { Presenter } from '../fhir/presentation.ts';
+import type { PostgresRepository } from '../fhir/repo/postgres-repository.ts';
 
 export interface ResponseServices {
   presenter: Presenter;
@@ -12,12 +13,13 @@ export interface ResponseServices {
 }
 
 /** Writes a fhir-router result with FHIR's HTTP conventions (status, ETag, Location, Prefer, _summary, ...). */
-export function sendFhirResponse(
+export async function sendFhirResponse(
   request: FastifyRequest,
   reply: FastifyReply,
   services: ResponseServices,
+  repo: PostgresRepository,
   [outcome, resource]: FhirResponse
-): FastifyReply {
+): Promise<FastifyReply> {
   const status = getStatus(outcome);
   reply.status(status);
   if (!resource || !isOk(outcome)) {
@@ -43,11 +45,19 @@ export function sendFhirResponse(
   if (prefer === 'OperationOutcome' && request.method !== 'GET') {
     return sendJson(request, reply, outcome);
   }
-  return sendJson(request, reply, presentResource(request, services, resource));
+  return sendJson(request, reply, await presentResource(request, services, repo, resource));
 }
 
-/** Applies _summary/_elements, hides extended meta and turns stored Binary references into fetchable URLs. */
-export function presentResource(request: FastifyRequest, services: ResponseServices, resource: Resource): Resource {
+/**
+ * Applies _summary/_elements, hides extended meta and turns stored Binary references into signed
+ * URLs — only for Binaries this reader may read.
+ */
+async function presentResource(
+  request: FastifyRequest,
+  services: ResponseServices,
+  repo: PostgresRepository,
+  resource: Resource
+): Promise<Resource> {
   const query = request.query as Record<string, string | string[] | undefined>;
   const elements = first(query._elements);
   const presented = services.presenter.present(resource, {
@@ -56,12 +66,16 @@ export function presentResource(request: FastifyRequest, services: ResponseServi
     extended: request.headers['x-medplum'] === 'extended',
   });
   addBinaryUrls(presented, services.attachments);
-  return services.attachments.toFetchable(presented);
+  const referenced = services.attachments.referencedBinaries(presented);
+  return referenced.length
+    ? services.attachments.toFetchable(presented, await repo.readableBinaries(referenced))
+    : presented;
 }
 
+/** A Binary in a response carries the signed URL of its content (as Medplum's do). */
 function addBinaryUrls(resource: Resource, attachments: AttachmentUrls): void {
-  if (resource.resourceType === 'Binary' && resource.id) {
-    (resource as Binary & { url?: string }).url = attachments.sign(resource.id);
+  if (resource.resourceType === 'Binary' && resource.id && resource.meta?.versionId) {
+    (resource as Binary & { url?: string }).url = attachments.sign({ id: resource.id, versionId: resource.meta.versionId });
   } else if (resource.resourceType === 'Bundle') {
     for (const entry of (resource as Bundle).entry ?? []) {
       if (entry.resource) {

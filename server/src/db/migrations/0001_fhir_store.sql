@@ -9,7 +9,8 @@ CREATE TABLE resource (
   last_updated  timestamptz NOT NULL,
   deleted       boolean     NOT NULL DEFAULT false,
   content       text        NOT NULL,
-  CONSTRAINT resource_type_id_key UNIQUE (resource_type, id)
+  -- ids are unique within a project: one project can neither take nor probe another's ids
+  CONSTRAINT resource_project_type_id_key UNIQUE (project_id, resource_type, id)
 );
 CREATE INDEX resource_project_type_updated ON resource (project_id, resource_type, last_updated, rid)
   WHERE NOT deleted;
@@ -26,6 +27,7 @@ CREATE TABLE resource_history (
   content       text        NOT NULL
 );
 CREATE INDEX resource_history_rid ON resource_history (rid, last_updated DESC);
+CREATE INDEX resource_history_id ON resource_history (resource_type, id);
 CREATE INDEX resource_history_type ON resource_history (project_id, resource_type, last_updated DESC);
 CREATE INDEX resource_history_system ON resource_history (project_id, last_updated DESC);
 

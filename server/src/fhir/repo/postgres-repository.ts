@@ -40,7 +40,7 @@ import type {
 } from '@medplum/fhirtypes';
 import { createHash, randomUUID } from 'node:crypto';
 import type pg from 'pg';
-import { guarded } from '../../db/errors.ts';
+import { connect, DatabaseError, guarded, isRetryable } from '../../db/errors.ts';
 import type { Queryable } from '../../db/pool.ts';
 import type { AttachmentUrls } from '../attachments.ts';
 import type { RequiredBindings } from '../terminology.ts';
@@ -74,9 +74,16 @@ export interface RepositoryContext {
 
 const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
 const CONDITIONAL_REFERENCE_RE = /^[A-Z][A-Za-z]+\?/;
-/** Postgres errors that mean "run the transaction again": serialization failure, deadlock. */
-const RETRYABLE = new Set(['40001', '40P01']);
-const TRANSACTION_ATTEMPTS = 3;
+const TRANSACTION_ATTEMPTS = 5;
+
+/**
+ * Shared by the repositories of one database transaction: whether any statement in it hit a
+ * deadlock. fhir-router turns errors into OperationOutcomes on the way up, so the outermost level
+ * cannot rely on seeing the database error itself to decide on a retry.
+ */
+interface TransactionState {
+  retryable: boolean;
+}
 
 interface CurrentRow {
   rid: string;
@@ -92,17 +99,26 @@ export class PostgresRepository extends FhirRepository {
   readonly context: RepositoryContext;
   private readonly client: pg.PoolClient | undefined;
   private readonly depth: number;
+  private readonly transaction: TransactionState | undefined;
 
-  constructor(services: RepositoryServices, context: RepositoryContext, client?: pg.PoolClient, depth = 0) {
+  constructor(
+    services: RepositoryServices,
+    context: RepositoryContext,
+    client?: pg.PoolClient,
+    depth = 0,
+    transaction?: TransactionState
+  ) {
     super();
     this.services = services;
     this.context = context;
     this.client = client;
     this.depth = depth;
+    this.transaction = transaction;
   }
 
   private get db(): Queryable {
-    return guarded(this.client ?? this.services.pool);
+    const state = this.transaction;
+    return guarded(this.client ?? this.services.pool, state ? (err) => (state.retryable ||= isRetryable(err)) : undefined);
   }
 
   setMode(): void {
@@ -121,12 +137,11 @@ export class PostgresRepository extends FhirRepository {
     try {
       await insertResource(this.db, prepared.row, prepared.index);
     } catch (err) {
-      if ((err as { code?: string }).code === '23505') {
+      if (err instanceof DatabaseError && err.code === '23505') {
         throw new OperationOutcomeError(conflict(`${resource.resourceType}/${id} already exists`));
       }
       throw err;
     }
-    await this.storeBinaryData(prepared);
     return prepared.resource as WithId<T>;
   }
 
@@ -143,23 +158,42 @@ export class PostgresRepository extends FhirRepository {
       throw new OperationOutcomeError(badRequest('Missing id', `${resource.resourceType}.id`));
     }
     return this.inTransaction(async (tx) => {
-      const current = await tx.lockCurrent(resource.resourceType, resource.id as string);
+      let current = await tx.lockCurrent(resource.resourceType, resource.id as string);
+      if (!current && !options?.ifMatch) {
+        // Update as create (https://hl7.org/fhir/R4/http.html#upsert). A concurrent create of the same
+        // id wins the unique key; then this becomes an update of what it created.
+        const created = await tx.tryCreate(resource);
+        if (created) {
+          return { resource: created, created: true };
+        }
+        current = await tx.lockCurrent(resource.resourceType, resource.id as string);
+      }
       if (options?.ifMatch && (!current || current.deleted || current.version_id !== options.ifMatch)) {
         throw new OperationOutcomeError(preconditionFailed);
       }
       if (!current) {
-        // Update as create: https://hl7.org/fhir/R4/http.html#upsert
-        return { resource: await tx.createResource(resource, { assignedId: true }), created: true };
+        throw new OperationOutcomeError(conflict(`${resource.resourceType}/${resource.id} could not be written`));
       }
       const prepared = await tx.prepareWrite(resource);
-      if (!current.deleted && sameIgnoringMeta(current.content, prepared.resource)) {
+      // No new version when nothing but meta changed (Binary bytes are not in the JSON, so a Binary always writes).
+      if (!current.deleted && resource.resourceType !== 'Binary' && sameIgnoringMeta(current.content, prepared.resource)) {
         return { resource: JSON.parse(current.content) as WithId<T>, created: false };
       }
-      prepared.row.projectId = current.project_id;
       await updateResourceRow(tx.db, current.rid, prepared.row, prepared.index);
-      await tx.storeBinaryData(prepared);
       return { resource: prepared.resource as WithId<T>, created: false };
     });
+  }
+
+  /** Creates with the given id inside a savepoint; undefined when the id was taken meanwhile. */
+  private async tryCreate<T extends Resource>(resource: T): Promise<WithId<T> | undefined> {
+    try {
+      return await this.inTransaction((tx) => tx.createResource(resource, { assignedId: true }));
+    } catch (err) {
+      if (err instanceof OperationOutcomeError && err.outcome.issue[0]?.code === 'conflict') {
+        return undefined;
+      }
+      throw err;
+    }
   }
 
   async patchResource<T extends Resource>(
@@ -225,31 +259,40 @@ export class PostgresRepository extends FhirRepository {
 
   /** Creates a Binary from raw bytes (the raw upload of `POST /Binary`). */
   async createBinary(contentType: string, data: Buffer, securityContext?: Reference): Promise<WithId<Binary>> {
-    return this.createResource<Binary>({
-      resourceType: 'Binary',
-      contentType,
-      securityContext,
-      data: data.toString('base64'),
-    });
+    return this.createResource<Binary>(binaryResource(undefined, contentType, data, securityContext));
   }
 
-  /** Replaces the bytes of an existing Binary (raw `PUT /Binary/{id}`). */
-  async updateBinary(id: string, contentType: string, data: Buffer, ifMatch?: string): Promise<WithId<Binary>> {
-    return this.updateResource<Binary>(
-      { resourceType: 'Binary', id, contentType, data: data.toString('base64') },
-      { ifMatch }
+  /** Replaces the bytes of a Binary, or creates it with that id (raw `PUT /Binary/{id}`). */
+  async upsertBinary(
+    id: string,
+    contentType: string,
+    data: Buffer,
+    ifMatch?: string
+  ): Promise<{ resource: WithId<Binary>; created: boolean }> {
+    return this.upsertResource<Binary>(binaryResource(id, contentType, data), { ifMatch });
+  }
+
+  /** The bytes of one Binary version, as read (with its project check) by readResource or readVersion. */
+  async readBinaryData(binary: WithId<Binary>): Promise<Buffer> {
+    const { rows } = await this.db.query<{ data: Buffer }>(
+      `SELECT b.data FROM binary_content b JOIN resource r ON r.rid = b.rid
+       WHERE b.version_id = $1 AND r.project_id = ANY($2::uuid[])`,
+      [binary.meta?.versionId, this.context.readProjects]
     );
+    return rows[0]?.data ?? Buffer.alloc(0);
   }
 
-  /** The raw bytes of a Binary version (the current version when versionId is omitted). */
-  async readBinaryData(id: string, versionId?: string): Promise<Buffer> {
-    const binary = versionId
-      ? await this.readVersion<Binary>('Binary', id, versionId)
-      : await this.readResource<Binary>('Binary', id);
-    const { rows } = await this.db.query<{ data: Buffer }>('SELECT data FROM binary_content WHERE version_id = $1', [
-      binary.meta?.versionId,
-    ]);
-    return rows[0]?.data ?? Buffer.alloc(0);
+  /** Of the given Binary ids, those the caller may read, with their current version (for signed URLs). */
+  async readableBinaries(ids: string[]): Promise<Map<string, string>> {
+    if (ids.length === 0) {
+      return new Map();
+    }
+    const { rows } = await this.db.query<{ id: string; version_id: string }>(
+      `SELECT id, version_id FROM resource
+       WHERE resource_type = 'Binary' AND id = ANY($1::text[]) AND project_id = ANY($2::uuid[]) AND NOT deleted`,
+      [ids, this.context.readProjects]
+    );
+    return new Map(rows.map((r) => [r.id, r.version_id]));
   }
 
   // ---------------------------------------------------------------- reads
@@ -260,8 +303,9 @@ export class PostgresRepository extends FhirRepository {
     }
     const { rows } = await this.db.query<{ deleted: boolean; content: string }>(
       `SELECT deleted, content FROM resource
-       WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])`,
-      [resourceType, id, this.context.readProjects]
+       WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])
+       ORDER BY project_id = $4 DESC LIMIT 1`,
+      [resourceType, id, this.context.readProjects, this.context.projectId]
     );
     if (rows.length === 0) {
       const definition = isDefinitionType(resourceType) ? this.services.overlay.read(resourceType, id) : undefined;
@@ -300,8 +344,9 @@ export class PostgresRepository extends FhirRepository {
     options?: ReadHistoryOptions & { since?: string }
   ): Promise<Bundle<WithId<T>>> {
     const { rows: current } = await this.db.query<{ rid: string }>(
-      'SELECT rid FROM resource WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])',
-      [resourceType, id, this.context.readProjects]
+      `SELECT rid FROM resource WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])
+       ORDER BY project_id = $4 DESC LIMIT 1`,
+      [resourceType, id, this.context.readProjects, this.context.projectId]
     );
     if (current.length === 0) {
       throw new OperationOutcomeError(notFound);
@@ -330,7 +375,7 @@ export class PostgresRepository extends FhirRepository {
     options: (ReadHistoryOptions & { since?: string }) | undefined
   ): Promise<Bundle<WithId<T>>> {
     const limit = clampCount(options?.limit);
-    const offset = Math.max(0, options?.offset ?? 0);
+    const offset = checkOffset(options?.offset ?? 0);
     const args = [...params];
     let sinceClause = '';
     if (options?.since) {
@@ -348,13 +393,17 @@ export class PostgresRepository extends FhirRepository {
       last_updated: Date;
       operation: string;
       content: string;
-      total: string;
     }>(
-      `SELECT resource_type, id, version_id, last_updated, operation, content, count(*) OVER () AS total
+      `SELECT resource_type, id, version_id, last_updated, operation, content
        FROM resource_history WHERE ${where}${sinceClause}
        ORDER BY last_updated DESC, version_id DESC LIMIT ${limit} OFFSET ${offset}`,
       args
     );
+    const counted = await this.db.query<{ n: string }>(
+      `SELECT count(*) AS n FROM resource_history WHERE ${where}${sinceClause}`,
+      args
+    );
+    const total = Number(counted.rows[0].n);
     const entry: BundleEntry<WithId<T>>[] = rows.map((row) => {
       const url = `${row.resource_type}/${row.id}`;
       const lastModified = row.last_updated.toISOString();
@@ -376,7 +425,6 @@ export class PostgresRepository extends FhirRepository {
         },
       };
     });
-    const total = rows.length > 0 ? Number(rows[0].total) : offset === 0 ? 0 : undefined;
     const link = (relation: string, at: number): BundleLink => {
       const query = new URLSearchParams({ _count: String(limit), _offset: String(at) });
       if (options?.since) {
@@ -385,7 +433,7 @@ export class PostgresRepository extends FhirRepository {
       return { relation, url: `${this.services.baseUrl}fhir/R4/${path}?${query}` };
     };
     const links = [link('self', offset)];
-    if (total !== undefined && offset + limit < total) {
+    if (offset + limit < total) {
       links.push(link('next', offset + limit));
     }
     if (offset > 0) {
@@ -425,10 +473,7 @@ export class PostgresRepository extends FhirRepository {
       throw new OperationOutcomeError(badRequest('_cursor paging is not supported yet'));
     }
     const count = request.count === undefined ? DEFAULT_SEARCH_COUNT : clampCount(request.count);
-    const offset = request.offset ?? 0;
-    if (!Number.isInteger(offset) || offset < 0) {
-      throw new OperationOutcomeError(badRequest('Invalid _offset', '_offset'));
-    }
+    const offset = checkOffset(request.offset ?? 0);
     const compiled = compileSearch(types, request, { registry: this.services.registry, projects: this.context.readProjects });
     const overlayMatches =
       types.length === 1 && isDefinitionType(types[0]) ? this.services.overlay.search(request) : undefined;
@@ -436,7 +481,8 @@ export class PostgresRepository extends FhirRepository {
     let resources: WithId<T>[] = [];
     let hasMore = false;
     let total: number | undefined;
-    const needTotal = request.total === 'accurate' || request.total === 'estimate' || overlayMatches !== undefined;
+    const needTotal =
+      request.total === 'accurate' || request.total === 'estimate' || overlayMatches !== undefined || count === 0;
     const where = compiled.where;
 
     let dbTotal: number | undefined;
@@ -544,28 +590,31 @@ export class PostgresRepository extends FhirRepository {
   private async inTransaction<TResult>(callback: (txRepo: this) => Promise<TResult>): Promise<TResult> {
     if (this.client) {
       const savepoint = `sp${this.depth}`;
-      const nested = new PostgresRepository(this.services, this.context, this.client, this.depth + 1) as this;
-      await this.client.query(`SAVEPOINT ${savepoint}`);
+      const nested = new PostgresRepository(this.services, this.context, this.client, this.depth + 1, this.transaction) as this;
+      await this.db.query(`SAVEPOINT ${savepoint}`);
       try {
         const result = await callback(nested);
-        await this.client.query(`RELEASE SAVEPOINT ${savepoint}`);
+        await this.db.query(`RELEASE SAVEPOINT ${savepoint}`);
         return result;
       } catch (err) {
-        await this.client.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
+        await this.db.query(`ROLLBACK TO SAVEPOINT ${savepoint}`);
         throw err;
       }
     }
     for (let attempt = 1; ; attempt++) {
-      const client = await this.services.pool.connect();
+      const client = await connect(this.services.pool);
+      const state: TransactionState = { retryable: false };
+      const txRepo = new PostgresRepository(this.services, this.context, client, 1, state) as this;
       try {
-        await client.query('BEGIN');
-        const txRepo = new PostgresRepository(this.services, this.context, client, 1) as this;
+        await txRepo.db.query('BEGIN');
         const result = await callback(txRepo);
-        await client.query('COMMIT');
+        await txRepo.db.query('COMMIT');
         return result;
       } catch (err) {
         await client.query('ROLLBACK').catch(() => undefined);
-        if (attempt < TRANSACTION_ATTEMPTS && RETRYABLE.has((err as { code?: string }).code ?? '')) {
+        if (attempt < TRANSACTION_ATTEMPTS && (state.retryable || isRetryable(err))) {
+          // a little random backoff so that the same two transactions do not collide again at once
+          await new Promise((resolve) => setTimeout(resolve, Math.random() * 20 * attempt));
           continue;
         }
         throw err;
@@ -573,6 +622,25 @@ export class PostgresRepository extends FhirRepository {
         client.release();
       }
     }
+  }
+
+  /**
+   * Locks the current rows of the given resources (in the caller's project), in one fixed order, so
+   * that transactions writing the same resources cannot deadlock on them.
+   */
+  async lockResources(references: { resourceType: string; id: string }[]): Promise<void> {
+    if (!this.client) {
+      throw new Error('lockResources must run inside a transaction');
+    }
+    if (references.length === 0) {
+      return;
+    }
+    await this.db.query(
+      `SELECT 1 FROM resource
+       WHERE project_id = $1 AND (resource_type, id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+       ORDER BY resource_type, id FOR UPDATE`,
+      [this.context.projectId, references.map((r) => r.resourceType), references.map((r) => r.id)]
+    );
   }
 
   /**
@@ -588,7 +656,7 @@ export class PostgresRepository extends FhirRepository {
     const digest = createHash('sha256')
       .update(`${this.context.projectId}\0${search.resourceType}\0${filters.join('&')}`)
       .digest();
-    await this.client.query('SELECT pg_advisory_xact_lock($1::bigint)', [digest.readBigInt64BE(0).toString()]);
+    await this.db.query('SELECT pg_advisory_xact_lock($1::bigint)', [digest.readBigInt64BE(0).toString()]);
   }
 
   async conditionalCreate<T extends Resource>(
@@ -650,10 +718,11 @@ export class PostgresRepository extends FhirRepository {
     if (!ID_RE.test(id)) {
       throw new OperationOutcomeError(badRequest(`Invalid id: ${id}`, `${resourceType}.id`));
     }
+    // Writes touch the caller's own project only, even where it may read others.
     const { rows } = await this.db.query<CurrentRow>(
       `SELECT rid, project_id, version_id, deleted, content FROM resource
-       WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[]) FOR UPDATE`,
-      [resourceType, id, this.context.readProjects]
+       WHERE project_id = $1 AND resource_type = $2 AND id = $3 FOR UPDATE`,
+      [this.context.projectId, resourceType, id]
     );
     return rows[0];
   }
@@ -671,9 +740,11 @@ export class PostgresRepository extends FhirRepository {
       throw new OperationOutcomeError(badRequest(`Invalid id: ${id}`, `${resourceType}.id`));
     }
     const resource = JSON.parse(JSON.stringify(input)) as WithId<Resource>;
-    let binaryData: Buffer | undefined;
-    if (resource.resourceType === 'Binary' && resource.data !== undefined) {
-      binaryData = Buffer.from(resource.data, 'base64');
+    let binaryData: Buffer | null = null;
+    if (resource.resourceType === 'Binary') {
+      // The bytes live in binary_content; the stored JSON keeps only the metadata.
+      binaryData = decodeBinaryData(resource.data);
+      delete resource.data;
     }
     await this.resolveConditionalReferences(resource);
     this.services.attachments.toStored(resource);
@@ -685,10 +756,6 @@ export class PostgresRepository extends FhirRepository {
     delete meta.author;
     resource.meta = Object.keys(meta).length ? meta : undefined;
     await this.validate(resource);
-    if (resource.resourceType === 'Binary') {
-      // The bytes live in binary_content; the stored JSON keeps only the metadata.
-      delete resource.data;
-    }
 
     const versionId = randomUUID();
     const lastUpdated = new Date().toISOString();
@@ -702,21 +769,9 @@ export class PostgresRepository extends FhirRepository {
     const content = JSON.stringify(resource);
     return {
       resource,
-      binaryData,
       index: extractIndexRows(resource, this.services.registry),
-      row: { resourceType, id, projectId: this.context.projectId, versionId, lastUpdated, content },
+      row: { resourceType, id, projectId: this.context.projectId, versionId, lastUpdated, content, binaryData },
     };
-  }
-
-  private async storeBinaryData(prepared: PreparedWrite): Promise<void> {
-    if (prepared.resource.resourceType !== 'Binary') {
-      return;
-    }
-    await this.db.query(
-      `INSERT INTO binary_content (version_id, rid, data)
-       SELECT $1, rid, $2 FROM resource WHERE resource_type = 'Binary' AND id = $3`,
-      [prepared.row.versionId, prepared.binaryData ?? Buffer.alloc(0), prepared.row.id]
-    );
   }
 
   /**
@@ -771,10 +826,11 @@ export class PostgresRepository extends FhirRepository {
     collectReferences(resource, references);
     for (const ref of references) {
       const criteria = ref.reference as string;
-      const matches = await this.searchResources({
-        ...parseSearchRequest(criteria),
-        count: 2,
-      });
+      const search = parseSearchRequest(criteria);
+      if (!search.filters?.length) {
+        throw new OperationOutcomeError(badRequest(`Conditional reference ${criteria} has no search criteria`));
+      }
+      const matches = await this.searchResources({ ...search, count: 2 });
       if (matches.length !== 1) {
         throw new OperationOutcomeError(
           badRequest(
@@ -795,9 +851,25 @@ export class PostgresRepository extends FhirRepository {
 
 interface PreparedWrite {
   resource: WithId<Resource>;
-  binaryData: Buffer | undefined;
   index: ReturnType<typeof extractIndexRows>;
   row: VersionRow;
+}
+
+function binaryResource(id: string | undefined, contentType: string, data: Buffer, securityContext?: Reference): Binary {
+  return { resourceType: 'Binary', id, contentType, securityContext, data: data.length ? data.toString('base64') : undefined };
+}
+
+const BASE64_RE = /^[A-Za-z0-9+/]*={0,2}$/;
+
+/** Binary.data as bytes; invalid base64 is a 400 (Buffer.from would silently skip bad characters). */
+function decodeBinaryData(data: string | undefined): Buffer | null {
+  if (data === undefined) {
+    return null;
+  }
+  if (typeof data !== 'string' || data.length % 4 !== 0 || !BASE64_RE.test(data)) {
+    throw new OperationOutcomeError(badRequest('Invalid base64Binary', 'Binary.data'));
+  }
+  return Buffer.from(data, 'base64');
 }
 
 function collectReferences(node: unknown, out: Reference[]): void {
@@ -836,6 +908,16 @@ function dedupeIssues(issues: OperationOutcomeIssue[]): OperationOutcomeIssue[] 
     const key = JSON.stringify([i.code, i.details?.text, i.expression]);
     return seen.has(key) ? false : (seen.add(key), true);
   });
+}
+
+/** Deep offsets cost a scan of everything before them; cursor paging (issue #3) is the way past this. */
+const MAX_OFFSET = 10_000;
+
+function checkOffset(offset: number): number {
+  if (!Number.isInteger(offset) || offset < 0 || offset > MAX_OFFSET) {
+    throw new OperationOutcomeError(badRequest(`_offset must be an integer from 0 to ${MAX_OFFSET}`, '_offset'));
+  }
+  return offset;
 }
 
 function clampCount(count: number | undefined): number {

@@ -8,6 +8,8 @@ export interface VersionRow {
   versionId: string;
   lastUpdated: string;
   content: string;
+  /** The bytes of a Binary version (stored in binary_content); null for every other type. */
+  binaryData: Buffer | null;
 }
 
 /** Column arrays for the five index tables, in the order the statements below bind them. */
@@ -44,16 +46,17 @@ const DELETE_INDEX_CTES = `
   dq AS (DELETE FROM sp_quantity WHERE rid = $1),
   dr AS (DELETE FROM sp_reference WHERE rid = $1)`;
 
-/** Inserts a new resource, its first history row and its index rows in one statement. */
+/** Inserts a new resource, its first history row, its Binary bytes and its index rows in one statement. */
 export async function insertResource(db: Queryable, v: VersionRow, rows: IndexRows): Promise<string> {
   const sql = `WITH
   w AS (INSERT INTO resource (resource_type, id, project_id, version_id, last_updated, content)
         VALUES ($1, $2, $3, $4, $5, $6) RETURNING rid),
   h AS (INSERT INTO resource_history (version_id, rid, resource_type, id, project_id, last_updated, operation, content)
-        SELECT $4, w.rid, $1, $2, $3, $5, 'C', $6 FROM w),${insertIndexCtes(7)}
+        SELECT $4, w.rid, $1, $2, $3, $5, 'C', $6 FROM w),
+  b AS (INSERT INTO binary_content (version_id, rid, data) SELECT $4, w.rid, $7::bytea FROM w WHERE $7::bytea IS NOT NULL),${insertIndexCtes(8)}
   SELECT rid FROM w`;
   const result = await db.query<{ rid: string }>(sql, [
-    v.resourceType, v.id, v.projectId, v.versionId, v.lastUpdated, v.content, ...indexParams(rows),
+    v.resourceType, v.id, v.projectId, v.versionId, v.lastUpdated, v.content, v.binaryData, ...indexParams(rows),
   ]);
   return result.rows[0].rid;
 }
@@ -64,16 +67,19 @@ export async function updateResourceRow(db: Queryable, rid: string, v: VersionRo
   w AS (UPDATE resource SET version_id = $2, last_updated = $3, content = $4, deleted = false
         WHERE rid = $1 RETURNING rid),
   h AS (INSERT INTO resource_history (version_id, rid, resource_type, id, project_id, last_updated, operation, content)
-        SELECT $2, w.rid, $5, $6, $7, $3, 'U', $4 FROM w),${insertIndexCtes(8)}
+        SELECT $2, w.rid, $5, $6, $7, $3, 'U', $4 FROM w),
+  b AS (INSERT INTO binary_content (version_id, rid, data) SELECT $2, w.rid, $8::bytea FROM w WHERE $8::bytea IS NOT NULL),${insertIndexCtes(9)}
   SELECT rid FROM w`;
-  await db.query(sql, [rid, v.versionId, v.lastUpdated, v.content, v.resourceType, v.id, v.projectId, ...indexParams(rows)]);
+  await db.query(sql, [
+    rid, v.versionId, v.lastUpdated, v.content, v.resourceType, v.id, v.projectId, v.binaryData, ...indexParams(rows),
+  ]);
 }
 
 /** Soft delete: the row stays (so reads answer 410), its index rows go, history gets a 'D' version. */
 export async function deleteResourceRow(
   db: Queryable,
   rid: string,
-  v: Omit<VersionRow, 'content'>
+  v: Omit<VersionRow, 'content' | 'binaryData'>
 ): Promise<void> {
   const sql = `WITH${DELETE_INDEX_CTES},
   w AS (UPDATE resource SET version_id = $2, last_updated = $3, content = '', deleted = true

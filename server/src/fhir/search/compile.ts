@@ -75,6 +75,9 @@ class FilterCompiler {
     if (code === '_lastUpdated') {
       return orAll(splitValues(filter.value).map((v) => dateCondition(this.p, 'r.last_updated', 'r.last_updated', filter.operator, v)));
     }
+    if (code === '_compartment' || code === '_project') {
+      throw new OperationOutcomeError(badRequest(`Search parameter ${code} is not supported yet`, code));
+    }
     if (code.startsWith('_has:') || code.includes('.')) {
       throw new OperationOutcomeError(badRequest(`Chained and _has searches are not supported yet: ${code}`));
     }
@@ -194,7 +197,10 @@ class FilterCompiler {
   private tokenValue(value: string): string {
     const bar = value.indexOf('|');
     if (bar < 0) {
-      return `s.code = ${this.p.add(value)}`;
+      // e-mail addresses are indexed in lower case (ContactPoint with system email)
+      return value.includes('@') && value !== value.toLowerCase()
+        ? `(s.code = ${this.p.add(value)} OR (s.system = 'email' AND s.code = ${this.p.add(value.toLowerCase())}))`
+        : `s.code = ${this.p.add(value)}`;
     }
     const system = value.slice(0, bar);
     const code = value.slice(bar + 1);
@@ -257,7 +263,7 @@ class FilterCompiler {
       if (numberText === '' || !Number.isFinite(n)) {
         throw new OperationOutcomeError(badRequest(`Invalid ${param.type} search value: ${raw}`, filter.code));
       }
-      const parts = [numberCondition(this.p, filter.operator, n)];
+      const parts = [numberCondition(this.p, filter.operator, numberText)];
       if (system) {
         parts.push(`s.system = ${this.p.add(system)}`);
       }
@@ -395,15 +401,20 @@ function dateCondition(p: SqlParams, low: string, high: string, operator: Operat
   }
 }
 
-/** Number comparison; `eq` honours the precision of the search value (100 matches [99.5, 100.5)). */
-function numberCondition(p: SqlParams, operator: Operator, n: number): string {
-  const v = (): string => p.add(String(n)) + '::numeric';
+/**
+ * Number comparison; `eq` honours the precision the value is written with ("100" matches [99.5, 100.5),
+ * "5.40" matches [5.395, 5.405)). Arithmetic is done in SQL numeric, not in floating point.
+ */
+function numberCondition(p: SqlParams, operator: Operator, text: string): string {
+  const n = Number(text);
+  const v = (): string => p.add(text) + '::numeric';
   switch (operator) {
     case Operator.EQUALS:
     case Operator.NOT_EQUALS: {
-      const half = precisionHalfStep(n);
-      const lo = p.add(String(n - half)) + '::numeric';
-      const hi = p.add(String(n + half)) + '::numeric';
+      const value = p.add(text) + '::numeric';
+      const half = p.add(precisionHalfStep(text).toString()) + '::numeric';
+      const lo = `(${value} - ${half})`;
+      const hi = `(${value} + ${half})`;
       return `((s.value IS NOT NULL AND s.value >= ${lo} AND s.value < ${hi}) OR (s.value IS NULL AND s.low >= ${lo} AND s.high <= ${hi}))`;
     }
     case Operator.GREATER_THAN:

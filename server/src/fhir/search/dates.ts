@@ -20,24 +20,27 @@ export function parseDateRange(value: string): DateRange | undefined {
   const [, y, mo, d, h, mi, s, frac, tz] = m;
   const year = Number(y);
   const offsetMs = tz && tz !== 'Z' ? tzOffsetMs(tz) : 0;
+  if ((h !== undefined && (Number(h) > 23 || Number(mi) > 59)) || (s !== undefined && Number(s) > 59)) {
+    return undefined;
+  }
   if (mo === undefined) {
-    return utcRange(Date.UTC(year, 0, 1), Date.UTC(year + 1, 0, 1));
+    return utcRange(utc(year, 0, 1), utc(year + 1, 0, 1));
   }
   const month = Number(mo) - 1;
   if (month < 0 || month > 11) {
     return undefined;
   }
   if (d === undefined) {
-    return utcRange(Date.UTC(year, month, 1), Date.UTC(year, month + 1, 1));
+    return utcRange(utc(year, month, 1), utc(year, month + 1, 1));
   }
   const day = Number(d);
-  if (day < 1 || day > new Date(Date.UTC(year, month + 1, 0)).getUTCDate()) {
+  if (day < 1 || day > new Date(utc(year, month + 1, 0)).getUTCDate()) {
     return undefined;
   }
   if (h === undefined) {
-    return utcRange(Date.UTC(year, month, day), Date.UTC(year, month, day + 1));
+    return utcRange(utc(year, month, day), utc(year, month, day + 1));
   }
-  const base = Date.UTC(year, month, day, Number(h), Number(mi)) - offsetMs;
+  const base = utc(year, month, day, Number(h), Number(mi)) - offsetMs;
   if (s === undefined) {
     return utcRange(base, base + 60_000);
   }
@@ -54,6 +57,13 @@ export function parseDateRange(value: string): DateRange | undefined {
 /** [start, endExclusive) in epoch ms → closed range ending one millisecond before endExclusive. */
 function utcRange(start: number, endExclusive: number): DateRange {
   return { low: new Date(start), high: new Date(endExclusive - 1) };
+}
+
+/** Date.UTC, except that years 0-99 stay years 0-99 (Date.UTC maps them to 1900-1999). */
+function utc(year: number, month: number, day: number, hours = 0, minutes = 0): number {
+  const d = new Date(Date.UTC(2000, 0, 1, hours, minutes));
+  d.setUTCFullYear(year, month, day); // month and day overflow roll over, as in Date.UTC
+  return d.getTime();
 }
 
 function tzOffsetMs(tz: string): number {

@@ -288,10 +288,12 @@ function pushNumber(rows: IndexRows, id: number, value: number, system: string |
   rows.quantity.code.push(code);
 }
 
-export function precisionHalfStep(value: number): number {
-  const text = String(value);
-  const dot = text.indexOf('.');
-  const decimals = dot < 0 || text.includes('e') ? 0 : text.length - dot - 1;
+/** Half of the last significant place of a decimal written as text ("5.40" → 0.005, "1e-7" → 5e-8). */
+export function precisionHalfStep(value: number | string): number {
+  const text = String(value).toLowerCase();
+  const [mantissa, exponent] = text.split('e');
+  const dot = mantissa.indexOf('.');
+  const decimals = (dot < 0 ? 0 : mantissa.length - dot - 1) - Number(exponent ?? 0);
   return 0.5 * 10 ** -decimals;
 }
 

@@ -45,23 +45,6 @@ export class ParamRegistry {
     return this.ids.get(key(resourceType, code));
   }
 
-  /** Registers parameters added at run time (e.g. a custom SearchParameter). */
-  async ensure(resourceType: string, code: string): Promise<number> {
-    const known = this.get(resourceType, code);
-    if (known !== undefined) {
-      return known;
-    }
-    await this.db.query(
-      'INSERT INTO search_param (resource_type, code) VALUES ($1, $2) ON CONFLICT DO NOTHING',
-      [resourceType, code]
-    );
-    await this.reload();
-    const id = this.get(resourceType, code);
-    if (id === undefined) {
-      throw new Error(`Search parameter ${resourceType}.${code} could not be registered`);
-    }
-    return id;
-  }
 }
 
 function key(resourceType: string, code: string): string {
