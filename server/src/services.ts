@@ -4,6 +4,8 @@ import type { CapabilityStatement, Project } from '@medplum/fhirtypes';
 import type pg from 'pg';
 import type { ServerConfig } from './config.ts';
 import { migrate } from './db/migrate.ts';
+import { connectRedis } from './db/redis.ts';
+import type { RedisClient } from './db/redis.ts';
 import { createPool } from './db/pool.ts';
 import { AttachmentUrls } from './fhir/attachments.ts';
 import { buildCapabilityStatement } from './fhir/capability.ts';
@@ -24,6 +26,8 @@ export interface ServerServices extends RepositoryServices {
   presenter: Presenter;
   router: FhirRouter;
   capabilityStatement: CapabilityStatement;
+  /** Present when REDIS_URL is configured. */
+  redis: RedisClient | undefined;
   /** The project requests act in until authentication (issue #4) assigns one per login. */
   defaultContext: RepositoryContext;
   repo(context?: RepositoryContext): PostgresRepository;
@@ -46,6 +50,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
     const bindings = new RequiredBindings(overlay);
     const base: RepositoryServices = { pool, registry, overlay, attachments, bindings, baseUrl: config.baseUrl };
     const defaultContext = await defaultProjectContext(base);
+    const redis = config.redisUrl ? connectRedis(config.redisUrl) : undefined;
     return {
       ...base,
       config,
@@ -53,8 +58,12 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       router: createFhirRouter(),
       capabilityStatement: buildCapabilityStatement(overlay, config.baseUrl, VERSION),
       defaultContext,
+      redis,
       repo: (context = defaultContext) => new PostgresRepository(base, context),
-      close: () => pool.end(),
+      close: async () => {
+        await redis?.close().catch(() => undefined);
+        await pool.end();
+      },
     };
   } catch (err) {
     await pool.end();

@@ -253,10 +253,31 @@ describe('response conventions', () => {
 });
 
 describe('health', () => {
-  test('GET /healthcheck reports the server and the database', async () => {
+  test('GET /healthcheck reports the server and the database, on Node 24', async () => {
     const res = await fetch(server.baseUrl + 'healthcheck');
     expect(res.status).toBe(200);
-    const body = (await res.json()) as { ok: boolean; postgres: boolean; version: string };
+    const body = (await res.json()) as { ok: boolean; postgres: boolean; redis?: boolean; runtime: string };
     expect(body).toMatchObject({ ok: true, postgres: true });
+    expect(body.redis).toBeUndefined();
+    expect(Number(body.runtime.slice(1).split('.')[0])).toBeGreaterThanOrEqual(24);
+  });
+
+  test('with REDIS_URL the health check reports Redis; an unreachable Redis makes it 503', async () => {
+    const withRedis = await startTestServer({ REDIS_URL: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379' });
+    const down = await startTestServer({ REDIS_URL: 'redis://127.0.0.1:1' });
+    try {
+      let body: { ok: boolean; redis?: boolean } = { ok: false };
+      for (let i = 0; i < 20 && !body.redis; i++) {
+        body = (await (await fetch(withRedis.baseUrl + 'healthcheck')).json()) as typeof body;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      expect(body).toMatchObject({ ok: true, redis: true });
+      const res = await fetch(down.baseUrl + 'healthcheck');
+      expect(res.status).toBe(503);
+      expect(await res.json()).toMatchObject({ ok: false, postgres: true, redis: false });
+    } finally {
+      await withRedis.stop();
+      await down.stop();
+    }
   });
 });

@@ -10,6 +10,7 @@ import type { ServerServices } from '../services.ts';
 import { VERSION } from '../services.ts';
 import { sendFhirResponse, sendJson } from './fhir-response.ts';
 import { guarded } from '../db/errors.ts';
+import { pingRedis } from '../db/redis.ts';
 import { parseJsonBody } from './json-body.ts';
 import { outcomeOf } from './outcomes.ts';
 
@@ -41,16 +42,14 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
   });
 
   app.get('/healthcheck', async (_request, reply) => {
-    let postgres = false;
-    try {
-      await services.pool.query('SELECT 1');
-      postgres = true;
-    } catch {
-      postgres = false;
-    }
-    const body = { ok: postgres, version: VERSION, platform: process.platform, runtime: process.version, postgres, redis: services.config.redisUrl ? false : undefined };
-    reply.status(postgres ? 200 : 503);
-    return body;
+    const postgres = await services.pool.query('SELECT 1').then(
+      () => true,
+      () => false
+    );
+    const redis = services.redis ? await pingRedis(services.redis) : undefined;
+    const ok = postgres && redis !== false;
+    reply.status(ok ? 200 : 503);
+    return { ok, version: VERSION, platform: process.platform, runtime: process.version, postgres, redis };
   });
   app.get('/', async () => ({ ok: true }));
 
