@@ -18,7 +18,10 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const adminUrl = process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
   const prefix = `ermis_test_${process.pid}`;
   const template = `${prefix}_template`;
-  await withAdmin(adminUrl, (admin) => admin.query(`CREATE DATABASE ${template}`));
+  await withAdmin(adminUrl, async (admin) => {
+    await dropLeftovers(admin);
+    await admin.query(`CREATE DATABASE ${template}`);
+  });
   const pool = new pg.Pool({ connectionString: databaseUrl(adminUrl, template), max: 1 });
   try {
     await migrate(pool);
@@ -29,12 +32,32 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('templateDatabase', template);
   return async () => {
     await withAdmin(adminUrl, async (admin) => {
-      const { rows } = await admin.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname LIKE $1', [`${prefix}%`]);
+      const { rows } = await admin.query<{ datname: string }>('SELECT datname FROM pg_database WHERE datname LIKE $1', [`${prefix.replaceAll('_', '\\_')}\\_%`]);
       for (const { datname } of rows) {
         await admin.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`);
       }
     });
   };
+}
+
+/** Drops test databases left by runs that were killed before their teardown (their process is gone). */
+async function dropLeftovers(admin: pg.Client): Promise<void> {
+  const { rows } = await admin.query<{ datname: string }>(`SELECT datname FROM pg_database WHERE datname LIKE 'ermis\\_test\\_%'`);
+  for (const { datname } of rows) {
+    const pid = Number(/^ermis_test_(\d+)_/.exec(datname)?.[1]);
+    if (pid && !isAlive(pid)) {
+      await admin.query(`DROP DATABASE IF EXISTS ${datname} WITH (FORCE)`);
+    }
+  }
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 export function databaseUrl(adminUrl: string, name: string): string {
