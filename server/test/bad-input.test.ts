@@ -1,17 +1,8 @@
 import type { OperationOutcome } from '@medplum/fhirtypes';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { FHIR_JSON, startTestServer } from './harness.ts';
-import type { TestServer } from './harness.ts';
+import { describe, expect, test } from 'vitest';
+import { FHIR_JSON, useTestServer } from './harness.ts';
 
-let server: TestServer;
-
-beforeAll(async () => {
-  server = await startTestServer();
-});
-
-afterAll(async () => {
-  await server.stop();
-});
+const t = useTestServer();
 
 /** Sends the request and checks: the expected status, an OperationOutcome body, and no change to the database. */
 async function expectRejected(
@@ -19,14 +10,14 @@ async function expectRejected(
   init: RequestInit,
   status: number
 ): Promise<OperationOutcome> {
-  const before = await server.rowCounts();
-  const res = await server.fhir(path, init);
+  const before = await t.server.rowCounts();
+  const res = await t.server.fhir(path, init);
   expect(res.status).toBe(status);
   expect(res.headers.get('content-type')).toContain('json');
   const outcome = (await res.json()) as OperationOutcome;
   expect(outcome.resourceType).toBe('OperationOutcome');
   expect(outcome.issue.length).toBeGreaterThan(0);
-  expect(await server.rowCounts()).toEqual(before);
+  expect(await t.server.rowCounts()).toEqual(before);
   return outcome;
 }
 
@@ -125,14 +116,14 @@ describe('invalid resources', () => {
   });
 
   test('an invalid update does not change the stored resource', async () => {
-    const res = await server.fhir('Patient', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Patient', gender: 'male' }) });
+    const res = await t.server.fhir('Patient', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Patient', gender: 'male' }) });
     const created = (await res.json()) as { id: string; meta: { versionId: string } };
     await expectRejected(
       `Patient/${created.id}`,
       { method: 'PUT', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Patient', id: created.id, gender: 'robot' }) },
       400
     );
-    const after = (await (await server.fhir(`Patient/${created.id}`)).json()) as { gender: string; meta: { versionId: string } };
+    const after = (await (await t.server.fhir(`Patient/${created.id}`)).json()) as { gender: string; meta: { versionId: string } };
     expect(after.gender).toBe('male');
     expect(after.meta.versionId).toBe(created.meta.versionId);
   });
@@ -156,7 +147,7 @@ describe('invalid requests', () => {
   });
 
   test('an unknown route answers 404 with an OperationOutcome', async () => {
-    const res = await fetch(server.baseUrl + 'no/such/route');
+    const res = await fetch(t.server.baseUrl + 'no/such/route');
     expect(res.status).toBe(404);
     expect(((await res.json()) as OperationOutcome).resourceType).toBe('OperationOutcome');
   });

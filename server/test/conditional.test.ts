@@ -1,20 +1,8 @@
-import type { MedplumClient } from '@medplum/core';
 import type { Bundle, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { FHIR_JSON, startTestServer, unique } from './harness.ts';
-import type { TestServer } from './harness.ts';
+import { describe, expect, test } from 'vitest';
+import { FHIR_JSON, unique, useTestServer } from './harness.ts';
 
-let server: TestServer;
-let medplum: MedplumClient;
-
-beforeAll(async () => {
-  server = await startTestServer();
-  medplum = server.medplum();
-});
-
-afterAll(async () => {
-  await server.stop();
-});
+const t = useTestServer();
 
 const SYSTEM = 'urn:oid:2.16.196.1.1';
 
@@ -23,21 +11,21 @@ function patient(value: string): Patient {
 }
 
 async function countByIdentifier(value: string): Promise<number> {
-  const bundle = await medplum.search('Patient', { identifier: `${SYSTEM}|${value}`, _total: 'accurate' });
+  const bundle = await t.medplum.search('Patient', { identifier: `${SYSTEM}|${value}`, _total: 'accurate' });
   return bundle.total as number;
 }
 
 describe('conditional create (If-None-Exist)', () => {
   test('creates once, then answers 200 with the existing resource', async () => {
     const value = unique('cc');
-    const first = await server.fhir('Patient', {
+    const first = await t.server.fhir('Patient', {
       method: 'POST',
       headers: { ...FHIR_JSON, 'If-None-Exist': `identifier=${SYSTEM}|${value}` },
       body: JSON.stringify(patient(value)),
     });
     expect(first.status).toBe(201);
     const created = (await first.json()) as Patient;
-    const second = await server.fhir('Patient', {
+    const second = await t.server.fhir('Patient', {
       method: 'POST',
       headers: { ...FHIR_JSON, 'If-None-Exist': `identifier=${SYSTEM}|${value}` },
       body: JSON.stringify(patient(value)),
@@ -51,7 +39,7 @@ describe('conditional create (If-None-Exist)', () => {
     const attempts = 40;
     const results = await Promise.all(
       Array.from({ length: attempts }, () =>
-        server.fhir('Patient', {
+        t.server.fhir('Patient', {
           method: 'POST',
           headers: { ...FHIR_JSON, 'If-None-Exist': `identifier=${SYSTEM}|${value}` },
           body: JSON.stringify(patient(value)),
@@ -69,31 +57,31 @@ describe('conditional create (If-None-Exist)', () => {
   test('parallel MedplumClient.createResourceIfNoneExist calls agree on one resource', async () => {
     const value = unique('mc');
     const created = await Promise.all(
-      Array.from({ length: 20 }, () => medplum.createResourceIfNoneExist(patient(value), `identifier=${SYSTEM}|${value}`))
+      Array.from({ length: 20 }, () => t.medplum.createResourceIfNoneExist(patient(value), `identifier=${SYSTEM}|${value}`))
     );
     expect(new Set(created.map((p) => p.id)).size).toBe(1);
   });
 
   test('criteria matching several resources answer 412 and create nothing', async () => {
     const family = unique('Twin');
-    await medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
-    await medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
-    const before = await server.rowCounts();
-    const res = await server.fhir('Patient', {
+    await t.medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
+    await t.medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
+    const before = await t.server.rowCounts();
+    const res = await t.server.fhir('Patient', {
       method: 'POST',
       headers: { ...FHIR_JSON, 'If-None-Exist': `name=${family}` },
       body: JSON.stringify({ resourceType: 'Patient', name: [{ family }] }),
     });
     expect(res.status).toBe(412);
-    expect(await server.rowCounts()).toEqual(before);
+    expect(await t.server.rowCounts()).toEqual(before);
   });
 });
 
 describe('conditional update, delete and patch', () => {
   test('PUT Type?criteria creates when nothing matches and updates the match afterwards', async () => {
     const value = unique('cu');
-    const created = await medplum.upsertResource(patient(value), { identifier: `${SYSTEM}|${value}` });
-    const updated = await medplum.upsertResource({ ...patient(value), gender: 'male' }, { identifier: `${SYSTEM}|${value}` });
+    const created = await t.medplum.upsertResource(patient(value), { identifier: `${SYSTEM}|${value}` });
+    const updated = await t.medplum.upsertResource({ ...patient(value), gender: 'male' }, { identifier: `${SYSTEM}|${value}` });
     expect(updated.id).toBe(created.id);
     expect(updated.gender).toBe('male');
     expect(await countByIdentifier(value)).toBe(1);
@@ -103,7 +91,7 @@ describe('conditional update, delete and patch', () => {
     const value = unique('cur');
     const results = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
-        server.fhir(`Patient?identifier=${encodeURIComponent(`${SYSTEM}|${value}`)}`, {
+        t.server.fhir(`Patient?identifier=${encodeURIComponent(`${SYSTEM}|${value}`)}`, {
           method: 'PUT',
           headers: FHIR_JSON,
           body: JSON.stringify({ ...patient(value), birthDate: `19${String(50 + i)}-01-01` }),
@@ -116,35 +104,35 @@ describe('conditional update, delete and patch', () => {
 
   test('DELETE Type?criteria deletes the single match; several matches answer 412', async () => {
     const value = unique('cd');
-    const p = await medplum.createResource(patient(value));
-    const res = await server.fhir(`Patient?identifier=${encodeURIComponent(`${SYSTEM}|${value}`)}`, { method: 'DELETE' });
+    const p = await t.medplum.createResource(patient(value));
+    const res = await t.server.fhir(`Patient?identifier=${encodeURIComponent(`${SYSTEM}|${value}`)}`, { method: 'DELETE' });
     expect(res.status).toBe(200);
-    expect((await server.fhir(`Patient/${p.id}`)).status).toBe(410);
+    expect((await t.server.fhir(`Patient/${p.id}`)).status).toBe(410);
 
     const family = unique('Many');
-    await medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
-    await medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
-    expect((await server.fhir(`Patient?name=${family}`, { method: 'DELETE' })).status).toBe(412);
+    await t.medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
+    await t.medplum.createResource({ resourceType: 'Patient', name: [{ family }] });
+    expect((await t.server.fhir(`Patient?name=${family}`, { method: 'DELETE' })).status).toBe(412);
   });
 
   test('PATCH Type?criteria patches the single match', async () => {
     const value = unique('cp');
-    const p = await medplum.createResource(patient(value));
-    const res = await server.fhir(`Patient?identifier=${encodeURIComponent(`${SYSTEM}|${value}`)}`, {
+    const p = await t.medplum.createResource(patient(value));
+    const res = await t.server.fhir(`Patient?identifier=${encodeURIComponent(`${SYSTEM}|${value}`)}`, {
       method: 'PATCH',
       headers: { 'Content-Type': 'application/json-patch+json' },
       body: JSON.stringify([{ op: 'add', path: '/gender', value: 'female' }]),
     });
     expect(res.status).toBe(200);
-    expect((await medplum.readResource('Patient', p.id as string)).gender).toBe('female');
+    expect((await t.medplum.readResource('Patient', p.id as string)).gender).toBe('female');
   });
 });
 
 describe('conditional references and conditional entries inside a transaction', () => {
   test('a reference written as Patient?identifier=... is stored as Patient/{id}', async () => {
     const value = unique('ref');
-    const p = await medplum.createResource(patient(value));
-    const obs = await medplum.createResource<Observation>({
+    const p = await t.medplum.createResource(patient(value));
+    const obs = await t.medplum.createResource<Observation>({
       resourceType: 'Observation',
       status: 'final',
       code: { text: 'heart rate' },
@@ -154,8 +142,8 @@ describe('conditional references and conditional entries inside a transaction', 
   });
 
   test('a conditional reference that matches nothing is a 400 and nothing is written', async () => {
-    const before = await server.rowCounts();
-    const res = await server.fhir('Observation', {
+    const before = await t.server.rowCounts();
+    const res = await t.server.fhir('Observation', {
       method: 'POST',
       headers: FHIR_JSON,
       body: JSON.stringify({
@@ -167,7 +155,7 @@ describe('conditional references and conditional entries inside a transaction', 
     });
     expect(res.status).toBe(400);
     expect(((await res.json()) as OperationOutcome).issue[0].details?.text).toContain('matched no resource');
-    expect(await server.rowCounts()).toEqual(before);
+    expect(await t.server.rowCounts()).toEqual(before);
   });
 
   test('a transaction resolves a conditional reference to a patient created earlier in the same transaction', async () => {
@@ -183,12 +171,12 @@ describe('conditional references and conditional entries inside a transaction', 
         },
       ],
     };
-    const res = await server.fhir('', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(bundle) });
+    const res = await t.server.fhir('', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(bundle) });
     expect(res.status).toBe(200);
     const response = (await res.json()) as Bundle;
     const patientId = response.entry?.[0].response?.location?.split('/')[1];
     const obsLocation = response.entry?.[1].response?.location as string;
-    const obs = await medplum.readReference<Observation>({ reference: obsLocation.split('/_history')[0] });
+    const obs = await t.medplum.readReference<Observation>({ reference: obsLocation.split('/_history')[0] });
     expect(obs.subject?.reference).toBe(`Patient/${patientId}`);
   });
 
@@ -206,23 +194,23 @@ describe('conditional references and conditional entries inside a transaction', 
       ],
     });
     const results = await Promise.all(
-      Array.from({ length: 12 }, () => server.fhir('', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(bundle()) }))
+      Array.from({ length: 12 }, () => t.server.fhir('', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(bundle()) }))
     );
     expect(results.map((r) => r.status)).toEqual(Array(12).fill(200));
     expect(await countByIdentifier(value)).toBe(1);
     // every Observation points at the one patient
-    const [only] = await medplum.searchResources('Patient', { identifier: `${SYSTEM}|${value}` });
-    const observations = await medplum.searchResources('Observation', { subject: `Patient/${only.id}`, _count: '100' });
+    const [only] = await t.medplum.searchResources('Patient', { identifier: `${SYSTEM}|${value}` });
+    const observations = await t.medplum.searchResources('Observation', { subject: `Patient/${only.id}`, _count: '100' });
     expect(observations).toHaveLength(12);
   });
 });
 
 describe('deadlocks', () => {
   test('transactions that update the same resources in opposite order all succeed, without deadlocks', async () => {
-    const [a, b] = await Promise.all([medplum.createResource(patient(unique('dl'))), medplum.createResource(patient(unique('dl')))]);
+    const [a, b] = await Promise.all([t.medplum.createResource(patient(unique('dl'))), t.medplum.createResource(patient(unique('dl')))]);
     const update = (p: Patient, gender: Patient['gender']) => ({ resource: { ...p, meta: undefined, gender }, request: { method: 'PUT' as const, url: `Patient/${p.id}` } });
     const deadlocks = async (): Promise<number> => {
-      const { rows } = await server.services.pool.query<{ n: string }>('SELECT deadlocks AS n FROM pg_stat_database WHERE datname = current_database()');
+      const { rows } = await t.server.services.pool.query<{ n: string }>('SELECT deadlocks AS n FROM pg_stat_database WHERE datname = current_database()');
       return Number(rows[0].n);
     };
     const before = await deadlocks();
@@ -231,7 +219,7 @@ describe('deadlocks', () => {
       Array.from({ length: 8 }, (_, i) => {
         const g = genders[i % 4];
         const entry = i % 2 === 0 ? [update(a, g), update(b, g)] : [update(b, g), update(a, g)];
-        return server.fhir('', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry }) });
+        return t.server.fhir('', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry }) });
       })
     );
     expect(results.map((r) => r.status)).toEqual(Array(8).fill(200));

@@ -1,21 +1,9 @@
 import { OperationOutcomeError } from '@medplum/core';
-import type { MedplumClient } from '@medplum/core';
 import type { Bundle, OperationOutcome, Patient } from '@medplum/fhirtypes';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { FHIR_JSON, startTestServer, unique } from './harness.ts';
-import type { TestServer } from './harness.ts';
+import { describe, expect, test } from 'vitest';
+import { FHIR_JSON, startTestServer, unique, useTestServer } from './harness.ts';
 
-let server: TestServer;
-let medplum: MedplumClient;
-
-beforeAll(async () => {
-  server = await startTestServer();
-  medplum = server.medplum();
-});
-
-afterAll(async () => {
-  await server.stop();
-});
+const t = useTestServer();
 
 function newPatient(family = unique('fam')): Patient {
   return { resourceType: 'Patient', name: [{ family, given: ['Eleni'] }], birthDate: '1980-02-29', gender: 'female' };
@@ -23,25 +11,25 @@ function newPatient(family = unique('fam')): Patient {
 
 describe('create, read, update, delete', () => {
   test('create assigns id, versionId and lastUpdated; read returns the same resource', async () => {
-    const created = await medplum.createResource(newPatient());
+    const created = await t.medplum.createResource(newPatient());
     expect(created.id).toMatch(/^[0-9a-f-]{36}$/);
     expect(created.meta?.versionId).toMatch(/^[0-9a-f-]{36}$/);
     expect(Date.parse(created.meta?.lastUpdated as string)).toBeGreaterThan(Date.now() - 60_000);
-    const read = await medplum.readResource('Patient', created.id as string);
+    const read = await t.medplum.readResource('Patient', created.id as string);
     expect(read).toEqual(created);
   });
 
   test('create ignores a client-supplied id and meta.versionId', async () => {
-    const created = await medplum.createResource({ ...newPatient(), id: 'client-chosen', meta: { versionId: 'v1' } });
+    const created = await t.medplum.createResource({ ...newPatient(), id: 'client-chosen', meta: { versionId: 'v1' } });
     expect(created.id).not.toBe('client-chosen');
     expect(created.meta?.versionId).not.toBe('v1');
   });
 
   test('response headers: 201, Location with version, ETag, Last-Modified', async () => {
-    const res = await server.fhir('Patient', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(newPatient()) });
+    const res = await t.server.fhir('Patient', { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(newPatient()) });
     expect(res.status).toBe(201);
     const body = (await res.json()) as Patient;
-    expect(res.headers.get('location')).toBe(`${server.fhirUrl}Patient/${body.id}/_history/${body.meta?.versionId}`);
+    expect(res.headers.get('location')).toBe(`${t.server.fhirUrl}Patient/${body.id}/_history/${body.meta?.versionId}`);
     expect(res.headers.get('etag')).toBe(`W/"${body.meta?.versionId}"`);
     expect(new Date(res.headers.get('last-modified') as string).getTime()).toBe(
       Math.floor(Date.parse(body.meta?.lastUpdated as string) / 1000) * 1000
@@ -50,39 +38,39 @@ describe('create, read, update, delete', () => {
   });
 
   test('update makes a new version; vread returns each version', async () => {
-    const v1 = await medplum.createResource(newPatient());
-    const v2 = await medplum.updateResource({ ...v1, gender: 'other' });
+    const v1 = await t.medplum.createResource(newPatient());
+    const v2 = await t.medplum.updateResource({ ...v1, gender: 'other' });
     expect(v2.meta?.versionId).not.toBe(v1.meta?.versionId);
     expect(v2.gender).toBe('other');
-    const old = await medplum.readVersion('Patient', v1.id as string, v1.meta?.versionId as string);
+    const old = await t.medplum.readVersion('Patient', v1.id as string, v1.meta?.versionId as string);
     expect(old.gender).toBe('female');
-    const current = await medplum.readVersion('Patient', v1.id as string, v2.meta?.versionId as string);
+    const current = await t.medplum.readVersion('Patient', v1.id as string, v2.meta?.versionId as string);
     expect(current.gender).toBe('other');
   });
 
   test('an update that changes nothing keeps the version', async () => {
-    const v1 = await medplum.createResource(newPatient());
-    const same = await medplum.updateResource({ ...v1 });
+    const v1 = await t.medplum.createResource(newPatient());
+    const same = await t.medplum.updateResource({ ...v1 });
     expect(same.meta?.versionId).toBe(v1.meta?.versionId);
-    const history = await medplum.readHistory('Patient', v1.id as string);
+    const history = await t.medplum.readHistory('Patient', v1.id as string);
     expect(history.entry).toHaveLength(1);
   });
 
   test('If-Match with a stale version answers 412 and changes nothing', async () => {
-    const v1 = await medplum.createResource(newPatient());
-    const v2 = await medplum.updateResource({ ...v1, gender: 'male' });
-    const res = await server.fhir(`Patient/${v1.id}`, {
+    const v1 = await t.medplum.createResource(newPatient());
+    const v2 = await t.medplum.updateResource({ ...v1, gender: 'male' });
+    const res = await t.server.fhir(`Patient/${v1.id}`, {
       method: 'PUT',
       headers: { ...FHIR_JSON, 'If-Match': `W/"${v1.meta?.versionId}"` },
       body: JSON.stringify({ ...v1, gender: 'unknown' }),
     });
     expect(res.status).toBe(412);
     expect(((await res.json()) as OperationOutcome).resourceType).toBe('OperationOutcome');
-    const current = await medplum.readResource('Patient', v1.id as string);
+    const current = await t.medplum.readResource('Patient', v1.id as string);
     expect(current.meta?.versionId).toBe(v2.meta?.versionId);
     expect(current.gender).toBe('male');
 
-    const ok = await server.fhir(`Patient/${v1.id}`, {
+    const ok = await t.server.fhir(`Patient/${v1.id}`, {
       method: 'PUT',
       headers: { ...FHIR_JSON, 'If-Match': `W/"${v2.meta?.versionId}"` },
       body: JSON.stringify({ ...v2, gender: 'unknown' }),
@@ -92,7 +80,7 @@ describe('create, read, update, delete', () => {
 
   test('update as create with a client id (PUT to a new id)', async () => {
     const id = unique('pat');
-    const res = await server.fhir(`Patient/${id}`, {
+    const res = await t.server.fhir(`Patient/${id}`, {
       method: 'PUT',
       headers: FHIR_JSON,
       body: JSON.stringify({ ...newPatient(), id }),
@@ -105,7 +93,7 @@ describe('create, read, update, delete', () => {
     const id = unique('race');
     const results = await Promise.all(
       Array.from({ length: 10 }, (_, i) =>
-        server.fhir(`Patient/${id}`, {
+        t.server.fhir(`Patient/${id}`, {
           method: 'PUT',
           headers: FHIR_JSON,
           body: JSON.stringify({ ...newPatient(), id, birthDate: `19${50 + i}-01-01` }),
@@ -118,28 +106,28 @@ describe('create, read, update, delete', () => {
   });
 
   test('delete: read answers 410, vread of old versions still works, history shows the delete', async () => {
-    const v1 = await medplum.createResource(newPatient());
-    await medplum.deleteResource('Patient', v1.id as string);
-    const res = await server.fhir(`Patient/${v1.id}`);
+    const v1 = await t.medplum.createResource(newPatient());
+    await t.medplum.deleteResource('Patient', v1.id as string);
+    const res = await t.server.fhir(`Patient/${v1.id}`);
     expect(res.status).toBe(410);
     const outcome = (await res.json()) as OperationOutcome;
     expect(outcome.issue[0].code).toBe('deleted');
-    const old = await medplum.readVersion('Patient', v1.id as string, v1.meta?.versionId as string);
+    const old = await t.medplum.readVersion('Patient', v1.id as string, v1.meta?.versionId as string);
     expect(old.id).toBe(v1.id);
-    const history = await medplum.readHistory('Patient', v1.id as string);
+    const history = await t.medplum.readHistory('Patient', v1.id as string);
     expect(history.entry?.map((e) => e.request?.method)).toEqual(['DELETE', 'POST']);
     expect(history.entry?.[0].resource).toBeUndefined();
     // a deleted resource is not found by search
-    const found = await medplum.searchResources('Patient', { _id: v1.id as string });
+    const found = await t.medplum.searchResources('Patient', { _id: v1.id as string });
     expect(found).toHaveLength(0);
     // deleting again is idempotent; deleting an unknown id is 404
-    expect((await server.fhir(`Patient/${v1.id}`, { method: 'DELETE' })).status).toBe(200);
-    expect((await server.fhir(`Patient/${unique('nope')}`, { method: 'DELETE' })).status).toBe(404);
+    expect((await t.server.fhir(`Patient/${v1.id}`, { method: 'DELETE' })).status).toBe(200);
+    expect((await t.server.fhir(`Patient/${unique('nope')}`, { method: 'DELETE' })).status).toBe(404);
   });
 
   test('read of an unknown id is 404 with an OperationOutcome; MedplumClient throws OperationOutcomeError', async () => {
-    await expect(medplum.readResource('Patient', unique('missing'))).rejects.toThrow(OperationOutcomeError);
-    const res = await server.fhir(`Patient/${unique('missing')}`);
+    await expect(t.medplum.readResource('Patient', unique('missing'))).rejects.toThrow(OperationOutcomeError);
+    const res = await t.server.fhir(`Patient/${unique('missing')}`);
     expect(res.status).toBe(404);
     expect(((await res.json()) as OperationOutcome).issue[0].code).toBe('not-found');
   });
@@ -147,19 +135,19 @@ describe('create, read, update, delete', () => {
 
 describe('history', () => {
   test('instance history is newest first, with paging by _count and _offset', async () => {
-    const v1 = await medplum.createResource(newPatient());
+    const v1 = await t.medplum.createResource(newPatient());
     let current = v1;
     for (const gender of ['male', 'other', 'unknown'] as const) {
-      current = await medplum.updateResource({ ...current, gender });
+      current = await t.medplum.updateResource({ ...current, gender });
     }
-    const all = await medplum.readHistory('Patient', v1.id as string);
+    const all = await t.medplum.readHistory('Patient', v1.id as string);
     expect(all.total).toBe(4);
     expect(all.entry?.map((e) => (e.resource as Patient).gender)).toEqual(['unknown', 'other', 'male', 'female']);
-    const page = (await (await server.fhir(`Patient/${v1.id}/_history?_count=2&_offset=1`)).json()) as Bundle<Patient>;
+    const page = (await (await t.server.fhir(`Patient/${v1.id}/_history?_count=2&_offset=1`)).json()) as Bundle<Patient>;
     expect(page.entry?.map((e) => e.resource?.gender)).toEqual(['other', 'male']);
     // following next links walks every version exactly once
     const seen: string[] = [];
-    let url: string | undefined = `${server.fhirUrl}Patient/${v1.id}/_history?_count=3`;
+    let url: string | undefined = `${t.server.fhirUrl}Patient/${v1.id}/_history?_count=3`;
     while (url) {
       const bundle = (await (await fetch(url)).json()) as Bundle<Patient>;
       seen.push(...(bundle.entry ?? []).map((e) => e.resource?.gender as string));
@@ -169,26 +157,26 @@ describe('history', () => {
   });
 
   test('_since limits instance, type and system history', async () => {
-    const v1 = await medplum.createResource(newPatient());
+    const v1 = await t.medplum.createResource(newPatient());
     await new Promise((r) => setTimeout(r, 20));
     const since = new Date().toISOString();
-    const v2 = await medplum.updateResource({ ...v1, gender: 'male' });
-    const instance = (await (await server.fhir(`Patient/${v1.id}/_history?_since=${since}`)).json()) as Bundle;
+    const v2 = await t.medplum.updateResource({ ...v1, gender: 'male' });
+    const instance = (await (await t.server.fhir(`Patient/${v1.id}/_history?_since=${since}`)).json()) as Bundle;
     expect(instance.entry?.map((e) => e.resource?.meta?.versionId)).toEqual([v2.meta?.versionId]);
-    const type = (await (await server.fhir(`Patient/_history?_since=${since}&_count=1000`)).json()) as Bundle;
+    const type = (await (await t.server.fhir(`Patient/_history?_since=${since}&_count=1000`)).json()) as Bundle;
     expect(type.entry?.some((e) => e.resource?.meta?.versionId === v2.meta?.versionId)).toBe(true);
     expect(type.entry?.some((e) => e.resource?.meta?.versionId === v1.meta?.versionId)).toBe(false);
     expect(type.entry?.every((e) => e.resource === undefined || e.resource.resourceType === 'Patient')).toBe(true);
-    const system = (await (await server.fhir(`_history?_since=${since}&_count=1000`)).json()) as Bundle;
+    const system = (await (await t.server.fhir(`_history?_since=${since}&_count=1000`)).json()) as Bundle;
     expect(system.type).toBe('history');
     expect(system.entry?.some((e) => e.resource?.meta?.versionId === v2.meta?.versionId)).toBe(true);
-    expect((await server.fhir('_history?_since=not-a-date')).status).toBe(400);
+    expect((await t.server.fhir('_history?_since=not-a-date')).status).toBe(400);
   });
 });
 
 describe('response conventions', () => {
   test('Prefer: return=minimal answers with an empty body; return=OperationOutcome with the outcome', async () => {
-    const minimal = await server.fhir('Patient', {
+    const minimal = await t.server.fhir('Patient', {
       method: 'POST',
       headers: { ...FHIR_JSON, Prefer: 'return=minimal' },
       body: JSON.stringify(newPatient()),
@@ -196,7 +184,7 @@ describe('response conventions', () => {
     expect(minimal.status).toBe(201);
     expect(await minimal.text()).toBe('');
     expect(minimal.headers.get('location')).toContain('/Patient/');
-    const outcome = await server.fhir('Patient', {
+    const outcome = await t.server.fhir('Patient', {
       method: 'POST',
       headers: { ...FHIR_JSON, Prefer: 'return=OperationOutcome' },
       body: JSON.stringify(newPatient()),
@@ -205,34 +193,34 @@ describe('response conventions', () => {
   });
 
   test('_summary and _elements subset the resource and tag it SUBSETTED', async () => {
-    const p = await medplum.createResource({ ...newPatient(), text: { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' } });
-    const elements = (await (await server.fhir(`Patient/${p.id}?_elements=birthDate`)).json()) as Patient;
+    const p = await t.medplum.createResource({ ...newPatient(), text: { status: 'generated', div: '<div xmlns="http://www.w3.org/1999/xhtml">x</div>' } });
+    const elements = (await (await t.server.fhir(`Patient/${p.id}?_elements=birthDate`)).json()) as Patient;
     expect(elements.birthDate).toBe('1980-02-29');
     expect(elements.name).toBeUndefined();
     expect(elements.meta?.tag?.some((t) => t.code === 'SUBSETTED')).toBe(true);
-    const summary = (await (await server.fhir(`Patient/${p.id}?_summary=true`)).json()) as Patient;
+    const summary = (await (await t.server.fhir(`Patient/${p.id}?_summary=true`)).json()) as Patient;
     expect(summary.name).toBeDefined();
     expect(summary.text).toBeUndefined();
-    const data = (await (await server.fhir(`Patient/${p.id}?_summary=data`)).json()) as Patient;
+    const data = (await (await t.server.fhir(`Patient/${p.id}?_summary=data`)).json()) as Patient;
     expect(data.text).toBeUndefined();
     expect(data.gender).toBe('female');
-    const text = (await (await server.fhir(`Patient/${p.id}?_summary=text`)).json()) as Patient;
+    const text = (await (await t.server.fhir(`Patient/${p.id}?_summary=text`)).json()) as Patient;
     expect(text.text?.status).toBe('generated');
     expect(text.gender).toBeUndefined();
-    const count = (await (await server.fhir(`Patient?_id=${p.id}&_summary=count`)).json()) as Bundle;
+    const count = (await (await t.server.fhir(`Patient?_id=${p.id}&_summary=count`)).json()) as Bundle;
     expect(count.total).toBe(1);
     expect(count.entry ?? []).toHaveLength(0);
   });
 
   test('_pretty indents; Accept application/json is honoured; gzip when asked', async () => {
-    const p = await medplum.createResource(newPatient());
-    const pretty = await server.fhir(`Patient/${p.id}?_pretty=true`);
+    const p = await t.medplum.createResource(newPatient());
+    const pretty = await t.server.fhir(`Patient/${p.id}?_pretty=true`);
     expect(await pretty.text()).toContain('\n  "resourceType"');
-    const json = await server.fhir(`Patient/${p.id}`, { headers: { Accept: 'application/json' } });
+    const json = await t.server.fhir(`Patient/${p.id}`, { headers: { Accept: 'application/json' } });
     expect(json.headers.get('content-type')).toBe('application/json; charset=utf-8');
     const { request } = await import('node:http');
     const encoding = await new Promise<string | undefined>((resolve, reject) => {
-      const req = request(`${server.fhirUrl}StructureDefinition/Patient`, { headers: { 'Accept-Encoding': 'gzip' } }, (res) => {
+      const req = request(`${t.server.fhirUrl}StructureDefinition/Patient`, { headers: { 'Accept-Encoding': 'gzip' } }, (res) => {
         res.resume();
         resolve(res.headers['content-encoding']);
       });
@@ -243,18 +231,18 @@ describe('response conventions', () => {
   });
 
   test('meta.project and meta.author are returned only with X-Medplum: extended', async () => {
-    const p = await medplum.createResource(newPatient());
-    const plain = (await (await server.fhir(`Patient/${p.id}`)).json()) as Patient;
+    const p = await t.medplum.createResource(newPatient());
+    const plain = (await (await t.server.fhir(`Patient/${p.id}`)).json()) as Patient;
     expect(plain.meta?.project).toBeUndefined();
-    const extended = (await (await server.fhir(`Patient/${p.id}`, { headers: { 'X-Medplum': 'extended' } })).json()) as Patient;
-    expect(extended.meta?.project).toBe(server.services.defaultContext.projectId);
+    const extended = (await (await t.server.fhir(`Patient/${p.id}`, { headers: { 'X-Medplum': 'extended' } })).json()) as Patient;
+    expect(extended.meta?.project).toBe(t.server.services.defaultContext.projectId);
     expect(extended.meta?.author?.reference).toBe('system');
   });
 });
 
 describe('health', () => {
   test('GET /healthcheck reports the server and the database, on Node 24', async () => {
-    const res = await fetch(server.baseUrl + 'healthcheck');
+    const res = await fetch(t.server.baseUrl + 'healthcheck');
     expect(res.status).toBe(200);
     const body = (await res.json()) as { ok: boolean; postgres: boolean; redis?: boolean; runtime: string };
     expect(body).toMatchObject({ ok: true, postgres: true });

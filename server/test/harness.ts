@@ -1,7 +1,7 @@
 import { MedplumClient } from '@medplum/core';
 import type { FastifyInstance } from 'fastify';
 import { createServer } from 'node:net';
-import { inject } from 'vitest';
+import { afterAll, beforeAll, inject } from 'vitest';
 import { loadConfig } from '../src/config.ts';
 import { buildApp } from '../src/http/app.ts';
 import { createServices } from '../src/services.ts';
@@ -62,7 +62,23 @@ export async function createTestDatabase(): Promise<string> {
   return databaseUrl(admin, name);
 }
 
-function freePort(): Promise<number> {
+/**
+ * Starts a test server before the file's tests and stops it after them. The returned object's
+ * `server` and `medplum` are set by the time the tests run.
+ */
+export function useTestServer(env?: Record<string, string>): { server: TestServer; medplum: MedplumClient } {
+  const context = {} as { server: TestServer; medplum: MedplumClient };
+  beforeAll(async () => {
+    context.server = await startTestServer(env);
+    context.medplum = context.server.medplum();
+  });
+  afterAll(async () => {
+    await context.server?.stop();
+  });
+  return context;
+}
+
+export function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const server = createServer();
     server.listen(0, '127.0.0.1', () => {

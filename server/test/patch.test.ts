@@ -3,12 +3,11 @@ import type { Operation } from '@medplum/core';
 import type { Bundle, OperationOutcome, Parameters, Patient, Resource } from '@medplum/fhirtypes';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { loadDefinitions } from '../src/fhir/definitions.ts';
 import { childElements, parseXml, resourceFromXml } from './fhir-xml.ts';
 import type { XmlElement } from './fhir-xml.ts';
-import { FHIR_JSON, startTestServer, unique } from './harness.ts';
-import type { TestServer } from './harness.ts';
+import { FHIR_JSON, unique, useTestServer } from './harness.ts';
 
 // The public FHIR test cases (https://github.com/FHIR/fhir-test-cases), r4/patch.
 const PATCH_CASES_DIR = join(import.meta.dirname, '../../../shared/testdata/fhir-test-cases/r4/patch');
@@ -17,20 +16,12 @@ const JSON_PATCH = { 'Content-Type': 'application/json-patch+json' };
 // The XML converter needs the type definitions while the cases are collected, before any server starts.
 loadDefinitions();
 
-let server: TestServer;
-
-beforeAll(async () => {
-  server = await startTestServer();
-});
-
-afterAll(async () => {
-  await server.stop();
-});
+const t = useTestServer();
 
 // ---------------------------------------------------------------- helpers
 
 async function create<T extends Resource>(resource: T): Promise<{ status: number; body: T | OperationOutcome }> {
-  const res = await server.fhir(resource.resourceType, { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(resource) });
+  const res = await t.server.fhir(resource.resourceType, { method: 'POST', headers: FHIR_JSON, body: JSON.stringify(resource) });
   return { status: res.status, body: (await res.json()) as T | OperationOutcome };
 }
 
@@ -46,7 +37,7 @@ async function patch(
   body: unknown,
   headers: Record<string, string>
 ): Promise<{ status: number; body: Resource | OperationOutcome }> {
-  const res = await server.fhir(`${resource.resourceType}/${resource.id}`, {
+  const res = await t.server.fhir(`${resource.resourceType}/${resource.id}`, {
     method: 'PATCH',
     headers,
     body: typeof body === 'string' ? body : JSON.stringify(body),
@@ -55,7 +46,7 @@ async function patch(
 }
 
 async function read<T extends Resource>(resource: T): Promise<T> {
-  const res = await server.fhir(`${resource.resourceType}/${resource.id}`);
+  const res = await t.server.fhir(`${resource.resourceType}/${resource.id}`);
   expect(res.status).toBe(200);
   return (await res.json()) as T;
 }
@@ -78,7 +69,7 @@ async function expectUnchanged(before: Resource): Promise<void> {
   const now = await read(before);
   expect(now.meta?.versionId).toBe(before.meta?.versionId);
   expect(now).toEqual(before);
-  const history = (await (await server.fhir(`${before.resourceType}/${before.id}/_history`)).json()) as Bundle;
+  const history = (await (await t.server.fhir(`${before.resourceType}/${before.id}/_history`)).json()) as Bundle;
   expect(history.entry?.[0]?.resource?.meta?.versionId).toBe(before.meta?.versionId);
 }
 
@@ -419,12 +410,12 @@ describe('JSON Patch over HTTP', () => {
 
   test('PATCH of a deleted resource answers 410; of an unknown id 404', async () => {
     const p = await createOk(patient());
-    expect((await server.fhir(`Patient/${p.id}`, { method: 'DELETE' })).status).toBe(200);
+    expect((await t.server.fhir(`Patient/${p.id}`, { method: 'DELETE' })).status).toBe(200);
     const ops = [{ op: 'replace', path: '/gender', value: 'male' }];
     const gone = await patch(p, ops, JSON_PATCH);
     expect(gone.status).toBe(410);
     expectOutcome(gone.body);
-    expect((await server.fhir(`Patient/${p.id}`)).status).toBe(410);
+    expect((await t.server.fhir(`Patient/${p.id}`)).status).toBe(410);
 
     const missing = await patch({ resourceType: 'Patient', id: unique('missing') }, ops, JSON_PATCH);
     expect(missing.status).toBe(404);

@@ -1,10 +1,10 @@
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, expect, test } from 'vitest';
+import { freePort } from './harness.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 let child: ChildProcess | undefined;
@@ -53,13 +53,3 @@ test('with no DATABASE_URL the server starts embedded Postgres and serves /metad
   const health = (await (await fetch(`http://127.0.0.1:${port}/healthcheck`)).json()) as { postgres: boolean };
   expect(health.postgres).toBe(true);
 }, 90_000);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const address = server.address();
-      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject(new Error('no port'))));
-    });
-  });
-}
