@@ -1,5 +1,6 @@
 import type { MedplumClient } from '@medplum/core';
-import type { Bundle, Observation, Patient } from '@medplum/fhirtypes';
+import { parseSearchRequest } from '@medplum/core';
+import type { Bundle, DiagnosticReport, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { FHIR_JSON, startTestServer, unique } from './harness.ts';
@@ -176,6 +177,79 @@ describe('parameter types', () => {
     expect(await ids('Patient', 'gender:missing=false')).toHaveLength(2);
     expect(await ids('Patient', `_filter=${encodeURIComponent('gender eq female or birthdate gt 1970')}`)).toHaveLength(2);
     expect(await ids('Patient', `_filter=${encodeURIComponent('gender eq female and birthdate gt 1970')}`)).toEqual([]);
+  });
+});
+
+describe('chains, _has and reference modifiers', () => {
+  test('chained parameters follow references, with or without a target type', async () => {
+    expect((await ids('Observation', 'subject:Patient.name=ανδρε')).sort()).toEqual(observations.slice(0, 3).map((o) => o.id).sort());
+    expect(await ids('Observation', `subject.identifier=urn:cy:id|N-${tag}`)).toEqual([observations[3].id]);
+    expect(await ids('Observation', 'subject:Patient.birthdate=lt1970&code=10839-9')).toEqual([observations[2].id]);
+    expect(await ids('Observation', 'subject:Patient.name=nobody')).toEqual([]);
+    expect((await server.fhir('Observation?subject.nonsense=1')).status).toBe(400);
+  });
+
+  test('three links: DiagnosticReport → Observation → Patient', async () => {
+    const report = await medplum.createResource<DiagnosticReport>({
+      resourceType: 'DiagnosticReport',
+      meta: { tag: [{ system: 'urn:test', code: tag }] },
+      status: 'final',
+      code: { text: 'Renal panel' },
+      result: [{ reference: `Observation/${observations[3].id}` }],
+    });
+    expect(await ids('DiagnosticReport', 'result.subject:Patient.name=nicol')).toEqual([report.id]);
+    expect(await ids('DiagnosticReport', 'result.subject:Patient.name=ανδρε')).toEqual([]);
+    // _has nested twice: patients with an observation that a final report lists
+    expect(await ids('Patient', '_has:Observation:subject:_has:DiagnosticReport:result:status=final')).toEqual([nikos.id]);
+  });
+
+  test('_has finds resources by what refers to them', async () => {
+    expect(await ids('Patient', '_has:Observation:subject:code=10839-9')).toEqual([anna.id]);
+    expect((await ids('Patient', '_has:Observation:subject:code=2160-0')).sort()).toEqual([anna.id, nikos.id].sort());
+    expect(await ids('Patient', '_has:Observation:subject:value-quantity=gt90')).toEqual([anna.id]);
+    expect((await server.fhir('Patient?_has:Observation:nonsense:code=1')).status).toBe(400);
+  });
+
+  test('param:Type restricts a reference to one target type', async () => {
+    expect(await ids('Observation', `subject:Patient=${nikos.id}`)).toEqual([observations[3].id]);
+    expect(await ids('Observation', `subject:Group=${nikos.id}`)).toEqual([]);
+  });
+
+  test('chains and _has see only resources of the caller\'s projects', async () => {
+    const other = randomUUID();
+    const otherRepo = server.services.repo({ projectId: other, readProjects: [other], author: { reference: 'system' } });
+    const hidden = await otherRepo.createResource<Patient>({ resourceType: 'Patient', name: [{ family: `Hidden${tag}` }] });
+    const pointing = await medplum.createResource<Observation>({
+      resourceType: 'Observation',
+      meta: { tag: [{ system: 'urn:test', code: tag }] },
+      status: 'final',
+      code: { text: 'cross-project' },
+      subject: { reference: `Patient/${hidden.id}` },
+    });
+    expect(await ids('Observation', `subject:Patient.name=Hidden${tag}`)).toEqual([]);
+    // from the other project, this project's Observation does not make its patient match
+    const found = await otherRepo.searchResources({
+      resourceType: 'Patient',
+      filters: [{ code: '_has:Observation:subject:code', operator: 'eq', value: 'cross-project' }],
+    });
+    expect(found).toEqual([]);
+    const viaText = await otherRepo.searchResources(parseSearchRequest('Patient?_has:Observation:subject:status=final'));
+    expect(viaText).toEqual([]);
+    await medplum.deleteResource('Observation', pointing.id as string);
+  });
+});
+
+describe('unknown parameters', () => {
+  test('strict by default: 400; Prefer: handling=lenient ignores them and says so', async () => {
+    expect((await server.fhir(`Patient?_tag=urn:test|${tag}&foo=bar`)).status).toBe(400);
+    const res = await server.fhir(`Patient?_tag=urn:test|${tag}&foo=bar&gender=male`, { headers: { Prefer: 'handling=lenient' } });
+    expect(res.status).toBe(200);
+    const bundle = (await res.json()) as Bundle;
+    const matches = bundle.entry?.filter((e) => e.search?.mode === 'match').map((e) => e.resource?.id);
+    expect(matches).toEqual([nikos.id]);
+    const outcome = bundle.entry?.find((e) => e.search?.mode === 'outcome')?.resource as OperationOutcome;
+    expect(outcome.issue[0].expression).toEqual(['foo']);
+    expect(bundle.link?.find((l) => l.relation === 'self')?.url).not.toContain('foo');
   });
 });
 

@@ -3,16 +3,21 @@ import { FhirRouter } from '@medplum/fhir-router';
 import type { FhirRepository, FhirRequest, FhirResponse, FhirRouteHandler, HttpMethod, RestInteraction } from '@medplum/fhir-router';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { expandOperation } from './operations/expand.ts';
+import { searchSystem, searchType, searchTypeByPost } from './operations/search.ts';
 import { validateOperation } from './operations/validate.ts';
 import { PostgresRepository } from './repo/postgres-repository.ts';
 
 /** The FHIR router: fhir-router's REST semantics plus ermis's history routes and operations. */
 export function createFhirRouter(): FhirRouter {
   const router = new FhirRouter();
-  // Two fhir-router routes are replaced (same path, so theirs is removed first): instance history,
+  // Some fhir-router routes are replaced (same path, so theirs is removed first): instance history,
   // which ignores _since, and update, which answers 200 where update-as-create must answer 201.
   replaceRoute(router, 'GET', ':resourceType/:id/_history', withRepo(historyInstance), 'history-instance');
   replaceRoute(router, 'PUT', ':resourceType/:id', withRepo(updateOperation), 'update');
+  // Search: core's parser drops the `:Type` modifier of reference parameters, and lenient handling needs the headers.
+  replaceRoute(router, 'GET', ':resourceType', withRepo(searchType), 'search-type');
+  replaceRoute(router, 'POST', ':resourceType/_search', withRepo(searchTypeByPost), 'search-type');
+  replaceRoute(router, 'GET', '', withRepo(searchSystem), 'search-system');
   router.add('GET', ':resourceType/_history', withRepo(historyType), 'history-type');
   router.add('GET', '_history', withRepo(historySystem), 'history-system');
   router.add('POST', ':resourceType/$validate', withRepo(validateOperation));

@@ -1,4 +1,4 @@
-import { badRequest, getSearchParameters, Operator, OperationOutcomeError, parseFilterParameter } from '@medplum/core';
+import { badRequest, getSearchParameters, Operator, OperationOutcomeError, parseFilterParameter, parseSearchRequest } from '@medplum/core';
 import type { Filter, SearchRequest, SortRule } from '@medplum/core';
 import type { SearchParameter } from '@medplum/fhirtypes';
 import { parseDateRange } from './dates.ts';
@@ -8,9 +8,16 @@ import type { ParamRegistry } from './param-registry.ts';
 /** Collects bind parameters while SQL text is assembled, so values never enter the SQL string. */
 export class SqlParams {
   readonly values: unknown[] = [];
+  private aliases = 0;
+
   add(value: unknown): string {
     this.values.push(value);
     return '$' + this.values.length;
+  }
+
+  /** A fresh table alias for a nested resource (chains, _has). */
+  alias(prefix: string): string {
+    return `${prefix}${++this.aliases}`;
   }
 }
 
@@ -38,13 +45,7 @@ export function compileSearch(
 ): CompiledSearch {
   const params = new SqlParams();
   const compiler = new FilterCompiler(resourceTypes, ctx, params);
-  const clauses = [
-    resourceTypes.length === 1
-      ? `r.resource_type = ${params.add(resourceTypes[0])}`
-      : `r.resource_type = ANY(${params.add(resourceTypes)}::text[])`,
-    `r.project_id = ANY(${params.add(ctx.projects)}::uuid[])`,
-    'NOT r.deleted',
-  ];
+  const clauses = [compiler.visible()];
   for (const filter of request.filters ?? []) {
     clauses.push(compiler.filter(filter));
   }
@@ -53,15 +54,27 @@ export function compileSearch(
   return { where: clauses.join(' AND '), orderBy, whereValues, values: params.values };
 }
 
+/** Most links a chain (`a.b.c.d`) or nested `_has` may have. */
+const MAX_CHAIN_DEPTH = 4;
+
+/**
+ * Compiles filters into SQL conditions on one resource row, `alias` (`r` at the top; chained and
+ * `_has` searches compile the linked resources with their own aliases, each filtered by project).
+ * Index tables are always aliased `s`: a nested subquery's `s` shadows the outer one, as intended.
+ */
 class FilterCompiler {
   private readonly types: readonly string[];
   private readonly ctx: CompileContext;
   private readonly p: SqlParams;
+  private readonly a: string;
+  private readonly depth: number;
 
-  constructor(types: readonly string[], ctx: CompileContext, params: SqlParams) {
+  constructor(types: readonly string[], ctx: CompileContext, params: SqlParams, alias = 'r', depth = 0) {
     this.types = types;
     this.ctx = ctx;
     this.p = params;
+    this.a = alias;
+    this.depth = depth;
   }
 
   filter(filter: Filter): string {
@@ -73,13 +86,17 @@ class FilterCompiler {
       return this.idFilter(filter);
     }
     if (code === '_lastUpdated') {
-      return orAll(splitValues(filter.value).map((v) => dateCondition(this.p, 'r.last_updated', 'r.last_updated', filter.operator, v)));
+      const column = `${this.a}.last_updated`;
+      return orAll(splitValues(filter.value).map((v) => dateCondition(this.p, column, column, filter.operator, v)));
     }
     if (code === '_compartment' || code === '_project') {
       throw new OperationOutcomeError(badRequest(`Search parameter ${code} is not supported yet`, code));
     }
-    if (code.startsWith('_has:') || code.includes('.')) {
-      throw new OperationOutcomeError(badRequest(`Chained and _has searches are not supported yet: ${code}`));
+    if (code.startsWith('_has:')) {
+      return this.reverseChain(filter);
+    }
+    if (code.includes('.')) {
+      return this.chain(filter);
     }
     const param = this.searchParam(code);
     const ids = this.paramIds(code);
@@ -151,12 +168,76 @@ class FilterCompiler {
 
   private existsAny(param: SearchParameter, ids: number[], condition: string): string {
     const paramIds = ids.length === 1 ? `s.param = ${this.p.add(ids[0])}` : `s.param = ANY(${this.p.add(ids)}::int[])`;
-    return `EXISTS (SELECT 1 FROM ${indexTable(param)} s WHERE s.rid = r.rid AND ${paramIds} AND (${condition}))`;
+    return `EXISTS (SELECT 1 FROM ${indexTable(param)} s WHERE s.rid = ${this.a}.rid AND ${paramIds} AND (${condition}))`;
+  }
+
+  /**
+   * `subject:Patient.name=x`: some reference of this resource points at a visible Patient matching
+   * `name=x`. The linked resource is filtered by project like the main query.
+   */
+  private chain(filter: Filter): string {
+    const dot = filter.code.indexOf('.');
+    const [code, targetModifier] = filter.code.slice(0, dot).split(':');
+    const rest = filter.code.slice(dot + 1);
+    const param = this.searchParam(code);
+    if (param.type !== 'reference') {
+      throw new OperationOutcomeError(badRequest(`Chained search needs a reference parameter, not ${code}`, filter.code));
+    }
+    const targets = targetModifier ? [targetModifier] : (param.target ?? []);
+    if (targets.length === 0 || (targetModifier && !param.target?.includes(targetModifier as never))) {
+      throw new OperationOutcomeError(badRequest(`Invalid chain target in ${filter.code}`, filter.code));
+    }
+    const linked = this.p.alias('c');
+    const nested = this.nested(targets, linked, filter.code);
+    const condition = nested.filter(nestedFilter(targets, rest, filter));
+    return `EXISTS (SELECT 1 FROM sp_reference s JOIN resource ${linked}
+      ON ${linked}.resource_type = s.target_type AND ${linked}.id = s.target_id
+      WHERE s.rid = ${this.a}.rid AND s.param = ANY(${this.p.add(this.paramIds(code))}::int[])
+        AND ${nested.visible()} AND ${condition})`;
+  }
+
+  /**
+   * `_has:Observation:subject:code=x`: some visible Observation whose `subject` points at this
+   * resource matches `code=x` (the last part may itself be a `_has`).
+   */
+  private reverseChain(filter: Filter): string {
+    const [, type, refCode, ...restParts] = filter.code.split(':');
+    const rest = restParts.join(':');
+    if (!type || !refCode || !rest) {
+      throw new OperationOutcomeError(badRequest(`Invalid _has parameter: ${filter.code}`, filter.code));
+    }
+    const refParam = getSearchParameters(type)?.[refCode];
+    if (refParam?.type !== 'reference') {
+      throw new OperationOutcomeError(badRequest(`Unknown reference parameter ${type}.${refCode} in ${filter.code}`, filter.code));
+    }
+    const referrer = this.p.alias('h');
+    const nested = this.nested([type], referrer, filter.code);
+    const refIds = this.ctx.registry.get(type, refCode);
+    const condition = nested.filter(nestedFilter([type], rest, filter));
+    return `EXISTS (SELECT 1 FROM sp_reference s JOIN resource ${referrer} ON ${referrer}.rid = s.rid
+      WHERE s.param = ${this.p.add(refIds ?? -1)} AND s.target_type = ${this.a}.resource_type AND s.target_id = ${this.a}.id
+        AND ${nested.visible()} AND ${condition})`;
+  }
+
+  private nested(types: readonly string[], alias: string, code: string): FilterCompiler {
+    if (this.depth + 1 > MAX_CHAIN_DEPTH) {
+      throw new OperationOutcomeError(badRequest(`Chains are limited to ${MAX_CHAIN_DEPTH} links: ${code}`, code));
+    }
+    return new FilterCompiler(types, this.ctx, this.p, alias, this.depth + 1);
+  }
+
+  /** The conditions every row this compiler reads must meet: its types, the caller's projects, not deleted. */
+  visible(): string {
+    const type =
+      this.types.length === 1
+        ? `${this.a}.resource_type = ${this.p.add(this.types[0])}`
+        : `${this.a}.resource_type = ANY(${this.p.add(this.types)}::text[])`;
+    return `${type} AND ${this.a}.project_id = ANY(${this.p.add(this.ctx.projects)}::uuid[]) AND NOT ${this.a}.deleted`;
   }
 
   private idFilter(filter: Filter): string {
     const values = splitValues(filter.value);
-    const match = `r.id = ANY(${this.p.add(values)}::text[])`;
+    const match = `${this.a}.id = ANY(${this.p.add(values)}::text[])`;
     if (filter.operator === Operator.NOT || filter.operator === Operator.NOT_EQUALS) {
       return `NOT (${match})`;
     }
@@ -328,6 +409,20 @@ type FilterExpressionNode =
   | { kind: 'and' | 'or'; left: FilterExpressionNode; right: FilterExpressionNode }
   | { kind: 'not'; child: FilterExpressionNode }
   | { kind: 'compare'; filter: Filter };
+
+/**
+ * The filter that the rest of a chain (`name:exact` of `subject:Patient.name:exact`) or of a `_has`
+ * stands for on the linked types, parsed by core like a top-level parameter (prefixes, modifiers).
+ */
+function nestedFilter(types: readonly string[], key: string, original: Filter): Filter {
+  for (const type of types) {
+    const parsed = parseSearchRequest(type, { [key]: original.value }).filters?.[0];
+    if (parsed && (parsed.code.startsWith('_') || getSearchParameters(type)?.[parsed.code.split(/[.:]/)[0]])) {
+      return parsed;
+    }
+  }
+  throw new OperationOutcomeError(badRequest(`Unknown search parameter ${key} on ${types.join(', ')}`, original.code));
+}
 
 /** Turns core's `_filter` parse tree into plain filters joined by and/or/not. */
 export function parseFilterExpression(input: string): FilterExpressionNode {
