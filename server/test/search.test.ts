@@ -1,6 +1,6 @@
 import type { MedplumClient } from '@medplum/core';
 import { parseSearchRequest } from '@medplum/core';
-import type { Bundle, DiagnosticReport, Observation, OperationOutcome, Patient } from '@medplum/fhirtypes';
+import type { Bundle, CodeSystem, DiagnosticReport, Observation, OperationOutcome, Patient, ValueSet } from '@medplum/fhirtypes';
 import { randomUUID } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { FHIR_JSON, startTestServer, unique } from './harness.ts';
@@ -60,8 +60,8 @@ afterAll(async () => {
   await server.stop();
 });
 
-async function ids(type: string, query: string): Promise<string[]> {
-  const res = await server.fhir(`${type}?_tag=urn:test|${tag}&${query}`);
+async function ids(type: string, query: string, scope = tag): Promise<string[]> {
+  const res = await server.fhir(`${type}?_tag=urn:test|${scope}&${query}`);
   expect(res.status, await res.clone().text()).toBe(200);
   const bundle = (await res.json()) as Bundle;
   return (bundle.entry ?? []).map((e) => e.resource?.id as string);
@@ -236,6 +236,85 @@ describe('chains, _has and reference modifiers', () => {
     const viaText = await otherRepo.searchResources(parseSearchRequest('Patient?_has:Observation:subject:status=final'));
     expect(viaText).toEqual([]);
     await medplum.deleteResource('Observation', pointing.id as string);
+  });
+});
+
+describe('composites and terminology modifiers', () => {
+  // these resources carry their own tag, so the counts of the other tests stay as they are
+  const more = (): string => `${tag}-more`;
+  const moreIds = (type: string, query: string): Promise<string[]> => ids(type, query, more());
+  const bp = (systolic: number, diastolic: number): Observation => ({
+    resourceType: 'Observation',
+    meta: { tag: [{ system: 'urn:test', code: more() }] },
+    status: 'final',
+    code: { coding: [{ system: LOINC, code: '85354-9' }] },
+    component: [
+      { code: { coding: [{ system: LOINC, code: '8480-6' }] }, valueQuantity: { value: systolic, unit: 'mm[Hg]', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+      { code: { coding: [{ system: LOINC, code: '8462-4' }] }, valueQuantity: { value: diastolic, unit: 'mm[Hg]', system: 'http://unitsofmeasure.org', code: 'mm[Hg]' } },
+    ],
+  });
+
+  test('composite parameters require all parts in the same repetition', async () => {
+    const high = await medplum.createResource(bp(150, 95));
+    const highDiastolicOnly = await medplum.createResource(bp(120, 160));
+    expect(await moreIds('Observation', `component-code-value-quantity=${LOINC}|8480-6$gt140`)).toEqual([high.id]);
+    expect(await moreIds('Observation', `component-code-value-quantity=${LOINC}|8462-4$gt140`)).toEqual([highDiastolicOnly.id]);
+    expect((await moreIds('Observation', `component-code-value-quantity=${LOINC}|8462-4$gt90`)).sort()).toEqual([high.id, highDiastolicOnly.id].sort());
+    expect((await ids('Observation', `code-value-quantity=${LOINC}|2160-0$gt1.2`)).sort()).toEqual([observations[1].id, observations[3].id].sort());
+    expect(await moreIds('Observation', `combo-code-value-quantity=${LOINC}|8480-6$150`)).toEqual([high.id]);
+    expect((await server.fhir(`Observation?component-code-value-quantity=${LOINC}|8480-6`)).status).toBe(400);
+  });
+
+  test(':in and :not-in test membership of a value set', async () => {
+    const vs = await medplum.createResource<ValueSet>({
+      resourceType: 'ValueSet',
+      status: 'active',
+      url: `https://ermis.example/ValueSet/cardiac-${tag}`,
+      compose: { include: [{ system: LOINC, concept: [{ code: '10839-9' }, { code: '2157-6' }] }] },
+    });
+    expect(await ids('Observation', `code:in=${vs.url}`)).toEqual([observations[2].id]);
+    expect((await ids('Observation', `code:not-in=${vs.url}&code=${LOINC}|2160-0`)).sort()).toEqual(
+      [observations[0].id, observations[1].id, observations[3].id].sort()
+    );
+    // a code element (no system of its own) against a base value set
+    expect((await ids('Patient', 'gender:in=http://hl7.org/fhir/ValueSet/administrative-gender')).length).toBeGreaterThanOrEqual(2);
+    expect((await server.fhir('Observation?code:in=https://nowhere.example/vs')).status).toBe(400);
+  });
+
+  test(':below and :above follow a code system hierarchy', async () => {
+    const system = `urn:test:${tag}:cs`;
+    await medplum.createResource<CodeSystem>({
+      resourceType: 'CodeSystem',
+      status: 'active',
+      content: 'complete',
+      url: system,
+      concept: [{ code: 'heart', concept: [{ code: 'valve', concept: [{ code: 'mitral' }] }] }, { code: 'lung' }],
+    });
+    const coded = async (code: string): Promise<string> =>
+      (await medplum.createResource<Observation>({
+        resourceType: 'Observation',
+        meta: { tag: [{ system: 'urn:test', code: more() }] },
+        status: 'final',
+        code: { coding: [{ system, code }] },
+      })).id as string;
+    const [valve, mitral, lung] = [await coded('valve'), await coded('mitral'), await coded('lung')];
+    expect((await moreIds('Observation', `code:below=${system}|heart`)).sort()).toEqual([valve, mitral].sort());
+    expect(await moreIds('Observation', `code:below=${system}|mitral`)).toEqual([mitral]);
+    expect((await moreIds('Observation', `code:above=${system}|mitral`)).sort()).toEqual([valve, mitral].sort());
+    expect(await moreIds('Observation', `code:above=${system}|lung`)).toEqual([lung]);
+  });
+
+  test(':of-type matches an identifier by its type', async () => {
+    const v2 = 'http://terminology.hl7.org/CodeSystem/v2-0203';
+    const p = await medplum.createResource<Patient>({
+      resourceType: 'Patient',
+      meta: { tag: [{ system: 'urn:test', code: more() }] },
+      identifier: [{ type: { coding: [{ system: v2, code: 'MR' }] }, system: 'urn:clinic:mrn', value: `MRN-${tag}` }],
+    });
+    expect(await moreIds('Patient', `identifier:of-type=${v2}|MR|MRN-${tag}`)).toEqual([p.id]);
+    expect(await moreIds('Patient', `identifier:of-type=${v2}|SS|MRN-${tag}`)).toEqual([]);
+    expect(await moreIds('Patient', `identifier=urn:clinic:mrn|MRN-${tag}`)).toEqual([p.id]);
+    await medplum.deleteResource('Patient', p.id as string);
   });
 });
 

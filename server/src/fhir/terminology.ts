@@ -104,6 +104,41 @@ function descendants(concepts: CodeSystemConcept[], code: string, includeSelf: b
   return [];
 }
 
+/**
+ * The codes at or below (`below`) or at or above (`above`) a code in a code system's hierarchy, for
+ * the token modifiers :below and :above. Undefined when the code system is not known here.
+ */
+export async function hierarchyCodes(
+  lookup: CanonicalLookup,
+  system: string,
+  code: string,
+  direction: 'below' | 'above'
+): Promise<{ system: string; code: string }[] | undefined> {
+  const codeSystem = await lookup<CodeSystem>('CodeSystem', system);
+  if (!codeSystem?.concept) {
+    return undefined;
+  }
+  const codes =
+    direction === 'below'
+      ? descendants(codeSystem.concept, code, true).map((c) => c.code)
+      : (pathTo(codeSystem.concept, code) ?? []).map((c) => c.code);
+  return codes.map((c) => ({ system, code: c }));
+}
+
+/** The concepts from a root down to the one with `code`, or undefined. */
+function pathTo(concepts: CodeSystemConcept[], code: string): CodeSystemConcept[] | undefined {
+  for (const c of concepts) {
+    if (c.code === code) {
+      return [c];
+    }
+    const below = pathTo(c.concept ?? [], code);
+    if (below) {
+      return [c, ...below];
+    }
+  }
+  return undefined;
+}
+
 function flattenContains(contains: ValueSetExpansionContains[]): ValueSetExpansionContains[] {
   return contains.flatMap((c) => [{ system: c.system, code: c.code, display: c.display }, ...flattenContains(c.contains ?? [])]);
 }

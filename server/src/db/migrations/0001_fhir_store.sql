@@ -47,10 +47,13 @@ CREATE TABLE search_param (
 );
 
 -- Search index tables: one row per value a search parameter extracts from the current version.
+-- grp is 0 for plain parameters; for a composite parameter, the rows of its components that come
+-- from the same repetition (e.g. one Observation.component) share a grp >= 1.
 -- token and uri values
 CREATE TABLE sp_token (
   rid    bigint  NOT NULL,
   param  integer NOT NULL,
+  grp    smallint NOT NULL DEFAULT 0,
   system text,
   code   text,
   text   text
@@ -62,6 +65,7 @@ CREATE INDEX sp_token_code ON sp_token (param, code, system, rid);
 CREATE TABLE sp_string (
   rid   bigint  NOT NULL,
   param integer NOT NULL,
+  grp    smallint NOT NULL DEFAULT 0,
   norm  text    NOT NULL,
   exact text    NOT NULL
 );
@@ -72,6 +76,7 @@ CREATE INDEX sp_string_norm ON sp_string (param, norm text_pattern_ops, rid);
 CREATE TABLE sp_date (
   rid   bigint      NOT NULL,
   param integer     NOT NULL,
+  grp   smallint    NOT NULL DEFAULT 0,
   low   timestamptz NOT NULL,
   high  timestamptz NOT NULL
 );
@@ -83,6 +88,7 @@ CREATE INDEX sp_date_high ON sp_date (param, high, low, rid);
 CREATE TABLE sp_quantity (
   rid    bigint  NOT NULL,
   param  integer NOT NULL,
+  grp    smallint NOT NULL DEFAULT 0,
   value  numeric,
   low    numeric,
   high   numeric,
@@ -96,6 +102,7 @@ CREATE INDEX sp_quantity_value ON sp_quantity (param, value, rid);
 CREATE TABLE sp_reference (
   rid         bigint  NOT NULL,
   param       integer NOT NULL,
+  grp         smallint NOT NULL DEFAULT 0,
   target_type text,
   target_id   text,
   ref         text    NOT NULL

@@ -1,6 +1,6 @@
 import { allOk, badRequest, notFound, OperationOutcomeError } from '@medplum/core';
 import type { FhirRequest, FhirResponse } from '@medplum/fhir-router';
-import type { CodeSystem, ValueSet } from '@medplum/fhirtypes';
+import type { ValueSet } from '@medplum/fhirtypes';
 import { expandValueSet } from '../terminology.ts';
 import type { CanonicalLookup } from '../terminology.ts';
 import { normalizeText } from '../search/index-values.ts';
@@ -21,12 +21,12 @@ export async function expandOperation(req: FhirRequest, repo: PostgresRepository
   const count = toInt(single(params.count), 'count') ?? MAX_EXPANSION;
   const offset = toInt(single(params.offset), 'offset') ?? 0;
   const filter = single(params.filter);
-  const valueSet = await findByUrl<ValueSet>(repo, 'ValueSet', url);
+  const valueSet = await repo.readCanonical<ValueSet>('ValueSet', url);
   if (!valueSet) {
     throw new OperationOutcomeError(notFound);
   }
 
-  const lookup: CanonicalLookup = (type, u) => findByUrl(repo, type, u);
+  const lookup: CanonicalLookup = (type, u) => repo.readCanonical(type, u);
   const all = await expandValueSet(valueSet, lookup);
   if (!all) {
     throw new OperationOutcomeError(badRequest(`ValueSet ${url} cannot be expanded by this server`, 'url'));
@@ -54,13 +54,6 @@ export async function expandOperation(req: FhirRequest, repo: PostgresRepository
   return [allOk, expanded];
 }
 
-async function findByUrl<T extends ValueSet | CodeSystem>(
-  repo: PostgresRepository,
-  resourceType: T['resourceType'],
-  url: string
-): Promise<T | undefined> {
-  return repo.searchOne<T>({ resourceType, filters: [{ code: 'url', operator: 'eq', value: url }] } as never);
-}
 
 function parametersBody(body: unknown): Record<string, string> {
   const out: Record<string, string> = {};

@@ -1,4 +1,4 @@
-import { allOk, badRequest, getSearchParameters, isChainedSearchFilter, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
+import { allOk, badRequest, getSearchParameters, isChainedSearchFilter, Operator, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
 import type { SearchRequest } from '@medplum/core';
 import type { FhirRequest, FhirResponse } from '@medplum/fhir-router';
 import type { OperationOutcome, ResourceType } from '@medplum/fhirtypes';
@@ -39,7 +39,7 @@ export async function searchSystem(req: FhirRequest, repo: PostgresRepository): 
  * entry; by default (strict) they are a 400.
  */
 async function runSearch(req: FhirRequest, repo: PostgresRepository, resourceType: ResourceType, query: Query): Promise<FhirResponse> {
-  const request = parseSearchRequest(resourceType, applyTypeModifiers(resourceType, query));
+  const request = parseSearch(resourceType, query);
   const ignored = isLenient(req) ? dropUnknownParameters(request) : [];
   const bundle = await repo.search(request);
   if (ignored.length > 0) {
@@ -55,6 +55,30 @@ async function runSearch(req: FhirRequest, repo: PostgresRepository, resourceTyp
     bundle.entry = [...(bundle.entry ?? []), { resource: outcome as never, search: { mode: 'outcome' } }];
   }
   return [allOk, bundle];
+}
+
+/**
+ * core's parseSearchRequest plus what it cannot do: composite parameters (it throws on them) are
+ * taken out first and added back as plain filters, and `param:Type` reference modifiers are applied.
+ */
+export function parseSearch(resourceType: ResourceType, query: Query): SearchRequest {
+  const params = getSearchParameters(resourceType) ?? {};
+  const rest: Query = {};
+  const composites: { code: string; value: string }[] = [];
+  for (const [key, value] of Object.entries(applyTypeModifiers(resourceType, query))) {
+    if (params[key]?.type === 'composite') {
+      for (const v of [value ?? []].flat()) {
+        composites.push({ code: key, value: v });
+      }
+    } else {
+      rest[key] = value;
+    }
+  }
+  const request = parseSearchRequest(resourceType, rest);
+  if (composites.length > 0) {
+    request.filters = [...(request.filters ?? []), ...composites.map((c) => ({ ...c, operator: Operator.EQUALS }))];
+  }
+  return request;
 }
 
 function isLenient(req: FhirRequest): boolean {

@@ -10,6 +10,8 @@ import {
   normalizeOperationOutcome,
   notFound,
   OperationOutcomeError,
+  getSearchParameters,
+  Operator,
   parseFhirPathPatchParameters,
   parseSearchRequest,
   preconditionFailed,
@@ -29,6 +31,7 @@ import type {
 import type {
   Binary,
   Bundle,
+  CodeSystem,
   BundleEntry,
   BundleLink,
   OperationOutcome,
@@ -37,6 +40,7 @@ import type {
   Reference,
   Resource,
   StructureDefinition,
+  ValueSet,
 } from '@medplum/fhirtypes';
 import { createHash, randomUUID } from 'node:crypto';
 import type pg from 'pg';
@@ -46,7 +50,9 @@ import type { AttachmentUrls } from '../attachments.ts';
 import type { RequiredBindings } from '../terminology.ts';
 import { isDefinitionType, isStorableResourceType } from '../definitions.ts';
 import { emptyValueIssues, pruneEmptyValues } from '../json-shape.ts';
-import { compileSearch } from '../search/compile.ts';
+import { codeSetKey, compileSearch, splitValues } from '../search/compile.ts';
+import { expandValueSet, hierarchyCodes } from '../terminology.ts';
+import type { CanonicalLookup } from '../terminology.ts';
 import { extractIndexRows, parseReferenceString } from '../search/index-values.ts';
 import type { ParamRegistry } from '../search/param-registry.ts';
 import type { DefinitionsOverlay } from './definitions-overlay.ts';
@@ -73,6 +79,7 @@ export interface RepositoryContext {
 }
 
 const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
+const TERMINOLOGY_OPERATORS = new Set<string>([Operator.IN, Operator.NOT_IN, Operator.BELOW, Operator.ABOVE]);
 const CONDITIONAL_REFERENCE_RE = /^[A-Z][A-Za-z]+\?/;
 const TRANSACTION_ATTEMPTS = 5;
 
@@ -474,7 +481,11 @@ export class PostgresRepository extends FhirRepository {
     }
     const count = request.count === undefined ? DEFAULT_SEARCH_COUNT : clampCount(request.count);
     const offset = checkOffset(request.offset ?? 0);
-    const compiled = compileSearch(types, request, { registry: this.services.registry, projects: this.context.readProjects });
+    const compiled = compileSearch(types, request, {
+      registry: this.services.registry,
+      projects: this.context.readProjects,
+      codeSets: await this.resolveCodeSets(types, request.filters ?? []),
+    });
     const overlayMatches =
       types.length === 1 && isDefinitionType(types[0]) ? this.services.overlay.search(request) : undefined;
 
@@ -535,6 +546,48 @@ export class PostgresRepository extends FhirRepository {
       bundle.link = this.searchLinks(request, count, offset, hasMore);
     }
     return bundle;
+  }
+
+  /** A ValueSet or CodeSystem by canonical URL: the project's own, else the base definitions. */
+  async readCanonical<T extends ValueSet | CodeSystem>(resourceType: T['resourceType'], url: string): Promise<T | undefined> {
+    const [canonical, version] = url.split('|');
+    const filters = [{ code: 'url', operator: Operator.EQUALS, value: canonical }];
+    if (version) {
+      filters.push({ code: 'version', operator: Operator.EQUALS, value: version });
+    }
+    return (await this.searchOne({ resourceType, filters } as SearchRequest)) as T | undefined;
+  }
+
+  /** Expands the value sets of `:in`/`:not-in` and the hierarchies of `:below`/`:above` token searches. */
+  private async resolveCodeSets(
+    types: readonly string[],
+    filters: readonly { code: string; operator: string; value: string }[]
+  ): Promise<Map<string, { system: string; code: string }[]>> {
+    const codeSets = new Map<string, { system: string; code: string }[]>();
+    const lookup: CanonicalLookup = (type, url) => this.readCanonical(type, url);
+    for (const filter of filters) {
+      const param = getSearchParameters(types[0])?.[filter.code];
+      if (param?.type !== 'token' || !TERMINOLOGY_OPERATORS.has(filter.operator)) {
+        continue;
+      }
+      const codes: { system: string; code: string }[] = [];
+      for (const value of splitValues(filter.value)) {
+        let found: { system?: string; code?: string }[] | undefined;
+        if (filter.operator === Operator.IN || filter.operator === Operator.NOT_IN) {
+          const valueSet = await this.readCanonical<ValueSet>('ValueSet', value);
+          found = valueSet ? await expandValueSet(valueSet, lookup) : undefined;
+        } else {
+          const [system, code] = value.split('|');
+          found = system && code ? await hierarchyCodes(lookup, system, code, filter.operator === Operator.BELOW ? 'below' : 'above') : undefined;
+        }
+        if (!found) {
+          throw new OperationOutcomeError(badRequest(`Cannot resolve ${filter.code}:${filter.operator}=${value} on this server`, filter.code));
+        }
+        codes.push(...found.filter((c) => c.system && c.code).map((c) => ({ system: c.system as string, code: c.code as string })));
+      }
+      codeSets.set(codeSetKey(filter.operator, filter.value), codes);
+    }
+    return codeSets;
   }
 
   private searchLinks(request: SearchRequest, count: number, offset: number, hasMore: boolean): BundleLink[] {

@@ -12,31 +12,79 @@ export interface VersionRow {
   binaryData: Buffer | null;
 }
 
-/** Column arrays for the five index tables, in the order the statements below bind them. */
+/** Each index table: its columns after `rid`, their Postgres types, and where its values are in IndexRows. */
+const INDEX_TABLES: { table: string; alias: string; columns: [string, string, (rows: IndexRows) => unknown[]][] }[] = [
+  {
+    table: 'sp_token',
+    alias: 'it',
+    columns: [
+      ['param', 'int', (r) => r.token.param],
+      ['grp', 'smallint', (r) => r.token.grp],
+      ['system', 'text', (r) => r.token.system],
+      ['code', 'text', (r) => r.token.code],
+      ['text', 'text', (r) => r.token.text],
+    ],
+  },
+  {
+    table: 'sp_string',
+    alias: 'ist',
+    columns: [
+      ['param', 'int', (r) => r.string.param],
+      ['grp', 'smallint', (r) => r.string.grp],
+      ['norm', 'text', (r) => r.string.norm],
+      ['exact', 'text', (r) => r.string.exact],
+    ],
+  },
+  {
+    table: 'sp_date',
+    alias: 'idt',
+    columns: [
+      ['param', 'int', (r) => r.date.param],
+      ['grp', 'smallint', (r) => r.date.grp],
+      ['low', 'timestamptz', (r) => r.date.low],
+      ['high', 'timestamptz', (r) => r.date.high],
+    ],
+  },
+  {
+    table: 'sp_quantity',
+    alias: 'iq',
+    columns: [
+      ['param', 'int', (r) => r.quantity.param],
+      ['grp', 'smallint', (r) => r.quantity.grp],
+      ['value', 'numeric', (r) => r.quantity.value],
+      ['low', 'numeric', (r) => r.quantity.low],
+      ['high', 'numeric', (r) => r.quantity.high],
+      ['system', 'text', (r) => r.quantity.system],
+      ['code', 'text', (r) => r.quantity.code],
+    ],
+  },
+  {
+    table: 'sp_reference',
+    alias: 'ir',
+    columns: [
+      ['param', 'int', (r) => r.reference.param],
+      ['grp', 'smallint', (r) => r.reference.grp],
+      ['target_type', 'text', (r) => r.reference.targetType],
+      ['target_id', 'text', (r) => r.reference.targetId],
+      ['ref', 'text', (r) => r.reference.ref],
+    ],
+  },
+];
+
+/** Column arrays for the index tables, in the order insertIndexCtes binds them. */
 function indexParams(rows: IndexRows): unknown[] {
-  return [
-    rows.token.param, rows.token.system, rows.token.code, rows.token.text,
-    rows.string.param, rows.string.norm, rows.string.exact,
-    rows.date.param, rows.date.low, rows.date.high,
-    rows.quantity.param, rows.quantity.value, rows.quantity.low, rows.quantity.high, rows.quantity.system, rows.quantity.code,
-    rows.reference.param, rows.reference.targetType, rows.reference.targetId, rows.reference.ref,
-  ];
+  return INDEX_TABLES.flatMap((t) => t.columns.map(([, , values]) => values(rows)));
 }
 
-/** CTEs that insert the index rows of `rid_source` (a CTE yielding one `rid`), parameters from $first on. */
+/** CTEs that insert the index rows for the `rid` of CTE `w`, bind parameters numbered from $first on. */
 function insertIndexCtes(first: number): string {
-  const $ = (i: number): string => '$' + (first + i);
-  return `
-  it AS (INSERT INTO sp_token (rid, param, system, code, text)
-         SELECT w.rid, u.* FROM w, unnest(${$(0)}::int[], ${$(1)}::text[], ${$(2)}::text[], ${$(3)}::text[]) u),
-  ist AS (INSERT INTO sp_string (rid, param, norm, exact)
-         SELECT w.rid, u.* FROM w, unnest(${$(4)}::int[], ${$(5)}::text[], ${$(6)}::text[]) u),
-  idt AS (INSERT INTO sp_date (rid, param, low, high)
-         SELECT w.rid, u.* FROM w, unnest(${$(7)}::int[], ${$(8)}::timestamptz[], ${$(9)}::timestamptz[]) u),
-  iq AS (INSERT INTO sp_quantity (rid, param, value, low, high, system, code)
-         SELECT w.rid, u.* FROM w, unnest(${$(10)}::int[], ${$(11)}::numeric[], ${$(12)}::numeric[], ${$(13)}::numeric[], ${$(14)}::text[], ${$(15)}::text[]) u),
-  ir AS (INSERT INTO sp_reference (rid, param, target_type, target_id, ref)
-         SELECT w.rid, u.* FROM w, unnest(${$(16)}::int[], ${$(17)}::text[], ${$(18)}::text[], ${$(19)}::text[]) u)`;
+  let n = first;
+  return INDEX_TABLES.map(({ table, alias, columns }) => {
+    const names = columns.map(([name]) => name).join(', ');
+    const arrays = columns.map(([, type]) => `$${n++}::${type}[]`).join(', ');
+    return `
+  ${alias} AS (INSERT INTO ${table} (rid, ${names}) SELECT w.rid, u.* FROM w, unnest(${arrays}) u)`;
+  }).join(',');
 }
 
 const DELETE_INDEX_CTES = `

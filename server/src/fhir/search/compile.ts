@@ -4,6 +4,7 @@ import type { SearchParameter } from '@medplum/fhirtypes';
 import { parseDateRange } from './dates.ts';
 import { normalizeText, parseReferenceString, precisionHalfStep } from './index-values.ts';
 import type { ParamRegistry } from './param-registry.ts';
+import { compositeComponents, ofTypeSystem } from './parameters.ts';
 
 /** Collects bind parameters while SQL text is assembled, so values never enter the SQL string. */
 export class SqlParams {
@@ -25,7 +26,15 @@ export interface CompileContext {
   registry: ParamRegistry;
   /** Projects whose rows the caller may see. */
   projects: readonly string[];
+  /** Codes of `:in`, `:not-in`, `:below` and `:above` values, resolved beforehand (see codeSetKey). */
+  codeSets?: ReadonlyMap<string, readonly { system: string; code: string }[]>;
 }
+
+/** The key under which the codes of a `:in`/`:not-in`/`:below`/`:above` value are passed to the compiler. */
+export function codeSetKey(operator: string, value: string): string {
+  return `${operator}\0${value}`;
+}
+
 
 /** A compiled search: the WHERE clause over `resource r` and the ORDER BY list. */
 export interface CompiledSearch {
@@ -118,6 +127,8 @@ class FilterCompiler {
         return this.quantityFilter(param, ids, filter);
       case 'reference':
         return this.referenceFilter(ids, filter);
+      case 'composite':
+        return this.compositeFilter(param, ids, filter);
       default:
         throw new OperationOutcomeError(badRequest(`Search on ${param.type} parameter ${code} is not supported`));
     }
@@ -246,140 +257,90 @@ class FilterCompiler {
 
   private tokenFilter(param: SearchParameter, ids: number[], filter: Filter): string {
     const values = splitValues(filter.value);
+    const any = (condition: (v: string) => string): string => this.existsAny(param, ids, orAll(values.map(condition)));
     switch (filter.operator) {
       case Operator.EQUALS:
       case Operator.EXACT:
-        return this.existsAny(param, ids, orAll(values.map((v) => this.tokenValue(v))));
+        return any((v) => tokenCondition(this.p, 's', v));
       case Operator.NOT:
       case Operator.NOT_EQUALS:
-        return `NOT ${this.existsAny(param, ids, orAll(values.map((v) => this.tokenValue(v))))}`;
+        return `NOT ${any((v) => tokenCondition(this.p, 's', v))}`;
       case Operator.TEXT:
-        return this.existsAny(
+        return any((v) => `s.text LIKE ${this.p.add('%' + escapeLike(normalizeText(v)) + '%')}`);
+      case Operator.OF_TYPE:
+        return any((v) => {
+          const [typeSystem, typeCode, value] = v.split('|');
+          if (!typeSystem || !typeCode || value === undefined) {
+            throw new OperationOutcomeError(badRequest(`:of-type needs system|code|value, got ${v}`, filter.code));
+          }
+          return `(s.system = ${this.p.add(ofTypeSystem(typeSystem, typeCode))} AND s.code = ${this.p.add(value)})`;
+        });
+      case Operator.IN:
+      case Operator.NOT_IN:
+      case Operator.BELOW:
+      case Operator.ABOVE: {
+        if (param.type === 'uri' && (filter.operator === Operator.BELOW || filter.operator === Operator.ABOVE)) {
+          return filter.operator === Operator.BELOW
+            ? any((v) => `s.code LIKE ${this.p.add(escapeLike(v) + '%')}`)
+            : any((v) => `${this.p.add(v)} LIKE replace(replace(replace(s.code, '\\', '\\\\'), '%', '\\%'), '_', '\\_') || '%'`);
+        }
+        const codes = this.ctx.codeSets?.get(codeSetKey(filter.operator, filter.value));
+        if (!codes) {
+          throw new OperationOutcomeError(
+            badRequest(`Modifier :${filter.operator} could not be resolved for ${filter.code}=${filter.value}`, filter.code)
+          );
+        }
+        // A `code` element has no system of its own (it is implied by its binding): match it by code.
+        const inSet = this.existsAny(
           param,
           ids,
-          orAll(values.map((v) => `s.text LIKE ${this.p.add('%' + escapeLike(normalizeText(v)) + '%')}`))
+          `((s.system, s.code) IN (SELECT * FROM unnest(${this.p.add(codes.map((c) => c.system))}::text[], ${this.p.add(codes.map((c) => c.code))}::text[]))` +
+            ` OR (s.system IS NULL AND s.code = ANY(${this.p.add(codes.map((c) => c.code))}::text[])))`
         );
-      case Operator.BELOW:
-        if (param.type === 'uri') {
-          return this.existsAny(param, ids, orAll(values.map((v) => `s.code LIKE ${this.p.add(escapeLike(v) + '%')}`)));
-        }
-        break;
-      case Operator.ABOVE:
-        if (param.type === 'uri') {
-          return this.existsAny(param, ids, orAll(values.map((v) => `${this.p.add(v)} LIKE s.code || '%'`)));
-        }
-        break;
+        return filter.operator === Operator.NOT_IN ? `NOT ${inSet}` : inSet;
+      }
     }
     throw new OperationOutcomeError(
       badRequest(`Modifier :${filter.operator} is not supported for ${param.type} parameter ${filter.code}`)
     );
   }
 
-  private tokenValue(value: string): string {
-    const bar = value.indexOf('|');
-    if (bar < 0) {
-      // e-mail addresses are indexed in lower case (ContactPoint with system email)
-      return value.includes('@') && value !== value.toLowerCase()
-        ? `(s.code = ${this.p.add(value)} OR (s.system = 'email' AND s.code = ${this.p.add(value.toLowerCase())}))`
-        : `s.code = ${this.p.add(value)}`;
-    }
-    const system = value.slice(0, bar);
-    const code = value.slice(bar + 1);
-    if (!system) {
-      return `(s.code = ${this.p.add(code)} AND s.system IS NULL)`;
-    }
-    if (!code) {
-      return `s.system = ${this.p.add(system)}`;
-    }
-    return `(s.code = ${this.p.add(code)} AND s.system = ${this.p.add(system)})`;
-  }
-
   private stringFilter(ids: number[], filter: Filter): string {
-    const values = splitValues(filter.value);
     const stringParam = { type: 'string' } as SearchParameter;
-    switch (filter.operator) {
-      case Operator.EQUALS:
-      case Operator.STARTS_WITH:
-        return this.existsAny(
-          stringParam,
-          ids,
-          orAll(values.map((v) => `s.norm LIKE ${this.p.add(escapeLike(normalizeText(v)) + '%')}`))
-        );
-      case Operator.EXACT:
-        return this.existsAny(stringParam, ids, orAll(values.map((v) => `s.exact = ${this.p.add(v)}`)));
-      case Operator.CONTAINS:
-        return this.existsAny(
-          stringParam,
-          ids,
-          orAll(values.map((v) => `s.norm LIKE ${this.p.add('%' + escapeLike(normalizeText(v)) + '%')}`))
-        );
-      case Operator.NOT_EQUALS:
-      case Operator.NOT:
-        return `NOT ${this.existsAny(stringParam, ids, orAll(values.map((v) => `s.norm = ${this.p.add(normalizeText(v))}`)))}`;
-      default:
-        throw new OperationOutcomeError(
-          badRequest(`Modifier :${filter.operator} is not supported for string parameter ${filter.code}`)
-        );
+    const values = splitValues(filter.value);
+    if (filter.operator === Operator.NOT_EQUALS || filter.operator === Operator.NOT) {
+      return `NOT ${this.existsAny(stringParam, ids, orAll(values.map((v) => `s.norm = ${this.p.add(normalizeText(v))}`)))}`;
     }
+    return this.existsAny(stringParam, ids, orAll(values.map((v) => stringCondition(this.p, 's', filter.operator, v, filter.code))));
   }
 
   private dateFilter(ids: number[], filter: Filter): string {
     const dateParam = { type: 'date' } as SearchParameter;
     const values = splitValues(filter.value);
     if (filter.operator === Operator.NOT_EQUALS) {
+      // ne: no value of the resource equals the search value (not: some value differs)
       const eq = orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', Operator.EQUALS, v)));
       return `NOT ${this.existsAny(dateParam, ids, eq)}`;
     }
-    return this.existsAny(
-      dateParam,
-      ids,
-      orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', filter.operator, v)))
-    );
+    return this.existsAny(dateParam, ids, orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', filter.operator, v))));
   }
 
   private quantityFilter(param: SearchParameter, ids: number[], filter: Filter): string {
-    const conditions = splitValues(filter.value).map((raw) => {
-      const [numberText, system, code] = raw.split('|');
-      const n = Number(numberText);
-      if (numberText === '' || !Number.isFinite(n)) {
-        throw new OperationOutcomeError(badRequest(`Invalid ${param.type} search value: ${raw}`, filter.code));
-      }
-      const parts = [numberCondition(this.p, filter.operator, numberText)];
-      if (system) {
-        parts.push(`s.system = ${this.p.add(system)}`);
-      }
-      if (code) {
-        parts.push(`s.code = ${this.p.add(code)}`);
-      }
-      return '(' + parts.join(' AND ') + ')';
-    });
+    const values = splitValues(filter.value);
     if (filter.operator === Operator.NOT_EQUALS) {
-      // numberCondition gives the eq condition for ne; the negation wraps it here.
-      return `NOT ${this.existsAny(param, ids, orAll(conditions))}`;
+      const eq = orAll(values.map((v) => quantityCondition(this.p, 's', Operator.EQUALS, v, filter.code)));
+      return `NOT ${this.existsAny(param, ids, eq)}`;
     }
-    return this.existsAny(param, ids, orAll(conditions));
+    return this.existsAny(param, ids, orAll(values.map((v) => quantityCondition(this.p, 's', filter.operator, v, filter.code))));
   }
 
   private referenceFilter(ids: number[], filter: Filter): string {
     const values = splitValues(filter.value);
     if (filter.operator === Operator.IDENTIFIER) {
-      return this.existsAny({ type: 'token' } as SearchParameter, ids, orAll(values.map((v) => this.tokenValue(v))));
+      return this.existsAny({ type: 'token' } as SearchParameter, ids, orAll(values.map((v) => tokenCondition(this.p, 's', v))));
     }
     const referenceParam = { type: 'reference' } as SearchParameter;
-    const condition = orAll(
-      values.map((v) => {
-        const parsed = parseReferenceString(v);
-        if (parsed) {
-          return `((s.target_id = ${this.p.add(parsed.id)} AND s.target_type = ${this.p.add(parsed.resourceType)}) OR s.ref = ${this.p.add(v)})`;
-        }
-        if (v.includes('/') || v.includes(':')) {
-          // canonical URL, optionally with |version
-          const url = v.split('|')[0];
-          return `(s.ref = ${this.p.add(v)} OR s.ref = ${this.p.add(url)} OR s.ref LIKE ${this.p.add(escapeLike(url) + '|%')})`;
-        }
-        return `s.target_id = ${this.p.add(v)}`;
-      })
-    );
+    const condition = orAll(values.map((v) => referenceCondition(this.p, 's', v)));
     if (filter.operator === Operator.NOT || filter.operator === Operator.NOT_EQUALS) {
       return `NOT ${this.existsAny(referenceParam, ids, condition)}`;
     }
@@ -389,6 +350,34 @@ class FilterCompiler {
       );
     }
     return this.existsAny(referenceParam, ids, condition);
+  }
+
+  /**
+   * `component-code-value-quantity=http://loinc.org|8480-6$gt100`: the parts must hold for the same
+   * repetition (the same component). Each part is matched in its own index table; rows of one
+   * repetition share `grp`.
+   */
+  private compositeFilter(param: SearchParameter, ids: number[], filter: Filter): string {
+    const components = compositeComponents(this.types[0], param);
+    const alternatives = splitValues(filter.value).map((value) => {
+      const parts = value.split('$');
+      if (parts.length !== components.length) {
+        throw new OperationOutcomeError(
+          badRequest(`${filter.code} needs ${components.length} parts separated by $, got ${value}`, filter.code)
+        );
+      }
+      const aliases = components.map(() => this.p.alias('k'));
+      const from = components
+        .map((c, i) =>
+          i === 0
+            ? `${indexTable(c)} ${aliases[0]}`
+            : `JOIN ${indexTable(c)} ${aliases[i]} ON ${aliases[i]}.rid = ${aliases[0]}.rid AND ${aliases[i]}.param = ${aliases[0]}.param AND ${aliases[i]}.grp = ${aliases[0]}.grp`
+        )
+        .join(' ');
+      const conditions = components.map((c, i) => componentCondition(this.p, aliases[i], c, parts[i], filter.code));
+      return `EXISTS (SELECT 1 FROM ${from} WHERE ${aliases[0]}.rid = ${this.a}.rid AND ${aliases[0]}.param = ANY(${this.p.add(ids)}::int[]) AND ${aliases[0]}.grp > 0 AND ${conditions.join(' AND ')})`;
+    });
+    return orAll(alternatives);
   }
 
   private filterExpression(expr: FilterExpressionNode): string {
@@ -500,7 +489,7 @@ function dateCondition(p: SqlParams, low: string, high: string, operator: Operat
  * Number comparison; `eq` honours the precision the value is written with ("100" matches [99.5, 100.5),
  * "5.40" matches [5.395, 5.405)). Arithmetic is done in SQL numeric, not in floating point.
  */
-function numberCondition(p: SqlParams, operator: Operator, text: string): string {
+function numberCondition(p: SqlParams, x: string, operator: Operator, text: string): string {
   const n = Number(text);
   const v = (): string => p.add(text) + '::numeric';
   switch (operator) {
@@ -510,26 +499,122 @@ function numberCondition(p: SqlParams, operator: Operator, text: string): string
       const half = p.add(precisionHalfStep(text).toString()) + '::numeric';
       const lo = `(${value} - ${half})`;
       const hi = `(${value} + ${half})`;
-      return `((s.value IS NOT NULL AND s.value >= ${lo} AND s.value < ${hi}) OR (s.value IS NULL AND s.low >= ${lo} AND s.high <= ${hi}))`;
+      return `((${x}.value IS NOT NULL AND ${x}.value >= ${lo} AND ${x}.value < ${hi}) OR (${x}.value IS NULL AND ${x}.low >= ${lo} AND ${x}.high <= ${hi}))`;
     }
     case Operator.GREATER_THAN:
     case Operator.STARTS_AFTER:
-      return `coalesce(s.value, s.high) > ${v()}`;
+      return `coalesce(${x}.value, ${x}.high) > ${v()}`;
     case Operator.LESS_THAN:
     case Operator.ENDS_BEFORE:
-      return `coalesce(s.value, s.low) < ${v()}`;
+      return `coalesce(${x}.value, ${x}.low) < ${v()}`;
     case Operator.GREATER_THAN_OR_EQUALS:
-      return `coalesce(s.value, s.high) >= ${v()}`;
+      return `coalesce(${x}.value, ${x}.high) >= ${v()}`;
     case Operator.LESS_THAN_OR_EQUALS:
-      return `coalesce(s.value, s.low) <= ${v()}`;
+      return `coalesce(${x}.value, ${x}.low) <= ${v()}`;
     case Operator.APPROXIMATELY: {
       const margin = Math.abs(n) * 0.1;
-      return `coalesce(s.value, s.low) BETWEEN ${p.add(String(n - margin))}::numeric AND ${p.add(String(n + margin))}::numeric`;
+      return `coalesce(${x}.value, ${x}.low) BETWEEN ${p.add(String(n - margin))}::numeric AND ${p.add(String(n + margin))}::numeric`;
     }
     default:
       throw new OperationOutcomeError(badRequest(`Operator ${operator} is not supported for numbers`));
   }
 }
+
+/** `system|code`, `|code`, `system|` or `code` against a token row `x`. */
+function tokenCondition(p: SqlParams, x: string, value: string): string {
+  const bar = value.indexOf('|');
+  if (bar < 0) {
+    // e-mail addresses are indexed in lower case (ContactPoint with system email)
+    return value.includes('@') && value !== value.toLowerCase()
+      ? `(${x}.code = ${p.add(value)} OR (${x}.system = 'email' AND ${x}.code = ${p.add(value.toLowerCase())}))`
+      : `${x}.code = ${p.add(value)}`;
+  }
+  const system = value.slice(0, bar);
+  const code = value.slice(bar + 1);
+  if (!system) {
+    return `(${x}.code = ${p.add(code)} AND ${x}.system IS NULL)`;
+  }
+  if (!code) {
+    return `${x}.system = ${p.add(system)}`;
+  }
+  return `(${x}.code = ${p.add(code)} AND ${x}.system = ${p.add(system)})`;
+}
+
+/** Default (prefix), :exact and :contains string matching against a string row `x`. */
+function stringCondition(p: SqlParams, x: string, operator: Operator, value: string, code: string): string {
+  switch (operator) {
+    case Operator.EQUALS:
+    case Operator.STARTS_WITH:
+      return `${x}.norm LIKE ${p.add(escapeLike(normalizeText(value)) + '%')}`;
+    case Operator.EXACT:
+      return `${x}.exact = ${p.add(value)}`;
+    case Operator.CONTAINS:
+      return `${x}.norm LIKE ${p.add('%' + escapeLike(normalizeText(value)) + '%')}`;
+    default:
+      throw new OperationOutcomeError(badRequest(`Modifier :${operator} is not supported for string parameter ${code}`));
+  }
+}
+
+/** `[prefix]number[|system|code]` against a quantity row `x`. */
+function quantityCondition(p: SqlParams, x: string, operator: Operator, raw: string, paramCode: string): string {
+  const [numberText, system, code] = raw.split('|');
+  if (numberText === '' || !Number.isFinite(Number(numberText))) {
+    throw new OperationOutcomeError(badRequest(`Invalid number or quantity search value: ${raw}`, paramCode));
+  }
+  const parts = [numberCondition(p, x, operator, numberText)];
+  if (system) {
+    parts.push(`${x}.system = ${p.add(system)}`);
+  }
+  if (code) {
+    parts.push(`${x}.code = ${p.add(code)}`);
+  }
+  return '(' + parts.join(' AND ') + ')';
+}
+
+/** `Type/id`, an absolute URL, a canonical (`url|version`) or a bare id against a reference row `x`. */
+function referenceCondition(p: SqlParams, x: string, value: string): string {
+  const parsed = parseReferenceString(value);
+  if (parsed) {
+    return `((${x}.target_id = ${p.add(parsed.id)} AND ${x}.target_type = ${p.add(parsed.resourceType)}) OR ${x}.ref = ${p.add(value)})`;
+  }
+  if (value.includes('/') || value.includes(':')) {
+    const url = value.split('|')[0];
+    return `(${x}.ref = ${p.add(value)} OR ${x}.ref = ${p.add(url)} OR ${x}.ref LIKE ${p.add(escapeLike(url) + '|%')})`;
+  }
+  return `${x}.target_id = ${p.add(value)}`;
+}
+
+/** One part of a composite value, matched as its component parameter's type. */
+function componentCondition(p: SqlParams, x: string, component: SearchParameter, value: string, code: string): string {
+  switch (component.type) {
+    case 'token':
+    case 'uri':
+      return tokenCondition(p, x, value);
+    case 'string':
+      return stringCondition(p, x, Operator.EQUALS, value, code);
+    case 'reference':
+      return referenceCondition(p, x, value);
+    case 'date': {
+      const { operator, rest } = splitPrefix(value);
+      return dateCondition(p, `${x}.low`, `${x}.high`, operator, rest);
+    }
+    case 'number':
+    case 'quantity': {
+      const { operator, rest } = splitPrefix(value);
+      return quantityCondition(p, x, operator, rest, code);
+    }
+    default:
+      throw new OperationOutcomeError(badRequest(`Composite part of type ${component.type} is not supported`, code));
+  }
+}
+
+const PREFIXES = new Set(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap']);
+
+function splitPrefix(value: string): { operator: Operator; rest: string } {
+  const prefix = value.slice(0, 2);
+  return PREFIXES.has(prefix) ? { operator: prefix as Operator, rest: value.slice(2) } : { operator: Operator.EQUALS, rest: value };
+}
+
 
 function indexTable(param: SearchParameter): string {
   switch (param.type) {
