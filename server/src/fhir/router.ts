@@ -3,7 +3,7 @@ import { FhirRouter } from '@medplum/fhir-router';
 import type { FhirRepository, FhirRequest, FhirResponse, FhirRouteHandler, HttpMethod, RestInteraction } from '@medplum/fhir-router';
 import type { Bundle, Resource } from '@medplum/fhirtypes';
 import { expandOperation } from './operations/expand.ts';
-import { searchSystem, searchType, searchTypeByPost } from './operations/search.ts';
+import { observationLastN, patientEverything, searchCompartment, searchSystem, searchType, searchTypeByPost } from './operations/search.ts';
 import { validateOperation } from './operations/validate.ts';
 import { PostgresRepository } from './repo/postgres-repository.ts';
 
@@ -20,6 +20,9 @@ export function createFhirRouter(): FhirRouter {
   replaceRoute(router, 'GET', '', withRepo(searchSystem), 'search-system');
   router.add('GET', ':resourceType/_history', withRepo(historyType), 'history-type');
   router.add('GET', '_history', withRepo(historySystem), 'history-system');
+  router.add('GET', 'Patient/:id/$everything', withRepo(patientEverything));
+  router.add('GET', 'Observation/$lastn', withRepo(observationLastN));
+  router.add('GET', 'Patient/:id/:resourceType', withRepo(searchCompartment), 'search-type');
   router.add('POST', ':resourceType/$validate', withRepo(validateOperation));
   router.add('GET', 'ValueSet/$expand', withRepo(expandOperation));
   router.add('POST', 'ValueSet/$expand', withRepo(expandOperation));

@@ -1,7 +1,8 @@
 import { allOk, badRequest, getSearchParameters, isChainedSearchFilter, Operator, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
-import type { SearchRequest } from '@medplum/core';
+import type { Filter, SearchRequest } from '@medplum/core';
 import type { FhirRequest, FhirResponse } from '@medplum/fhir-router';
-import type { OperationOutcome, ResourceType } from '@medplum/fhirtypes';
+import type { Observation, OperationOutcome, ResourceType } from '@medplum/fhirtypes';
+import { patientCompartmentParams } from '../search/compartments.ts';
 import type { PostgresRepository } from '../repo/postgres-repository.ts';
 
 type Query = Record<string, string | string[] | undefined>;
@@ -124,4 +125,88 @@ function dropUnknownParameters(request: SearchRequest): string[] {
     return known;
   });
   return ignored;
+}
+
+/** `GET Patient/{id}/{type}?…`: a search of {type} within the patient's compartment. */
+export async function searchCompartment(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  const { id, resourceType } = req.params;
+  if (!patientCompartmentParams().has(resourceType)) {
+    throw new OperationOutcomeError(badRequest(`${resourceType} is not in the Patient compartment`));
+  }
+  await repo.readResource('Patient', id);
+  const request = parseSearch(resourceType as ResourceType, req.query);
+  request.filters = [...(request.filters ?? []), { code: '_compartment', operator: Operator.EQUALS, value: `Patient/${id}` }];
+  return [allOk, await repo.search(request)];
+}
+
+/**
+ * `Patient/{id}/$everything`: the patient and every resource in its compartment, optionally only
+ * `_type` types and changes since `_since`, paged with `_count`/`_offset`.
+ */
+export async function patientEverything(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  const { id } = req.params;
+  await repo.readResource('Patient', id);
+  const single = (name: string): string | undefined => {
+    const v = req.query[name];
+    return Array.isArray(v) ? v[0] : v;
+  };
+  const compartmentTypes = [...patientCompartmentParams().keys()];
+  const wanted = single('_type')?.split(',') ?? compartmentTypes;
+  const types = wanted.filter((t) => compartmentTypes.includes(t)) as ResourceType[];
+  if (types.length === 0) {
+    throw new OperationOutcomeError(badRequest('No compartment types in _type', '_type'));
+  }
+  const filters: Filter[] = [{ code: '_compartment', operator: Operator.EQUALS, value: `Patient/${id}` }];
+  const since = single('_since');
+  if (since) {
+    filters.push({ code: '_lastUpdated', operator: Operator.GREATER_THAN_OR_EQUALS, value: since });
+  }
+  const count = single('_count');
+  const offset = single('_offset');
+  const request: SearchRequest = {
+    resourceType: types[0],
+    types,
+    filters,
+    count: count === undefined ? 1000 : Number(count),
+    offset: offset === undefined ? undefined : Number(offset),
+    total: 'accurate',
+  };
+  const bundle = await repo.search(request);
+  return [allOk, bundle];
+}
+
+/**
+ * `Observation/$lastn?max=N&…`: for each observation code (among the Observations the other
+ * parameters select), the N most recent by effective date.
+ */
+export async function observationLastN(req: FhirRequest, repo: PostgresRepository): Promise<FhirResponse> {
+  const { max: rawMax, ...query } = req.query;
+  const max = rawMax === undefined ? 1 : Number(Array.isArray(rawMax) ? rawMax[0] : rawMax);
+  if (!Number.isInteger(max) || max < 1) {
+    throw new OperationOutcomeError(badRequest('max must be a positive integer', 'max'));
+  }
+  const request = parseSearch('Observation', query);
+  request.sortRules = [{ code: 'date', descending: true }];
+  request.count = 1000;
+  const perCode = new Map<string, number>();
+  const entry = [];
+  let offset = 0;
+  // walk the matches newest first and keep the first `max` of each code
+  for (;;) {
+    const page = await repo.search({ ...request, offset }, { resourceOnly: true });
+    for (const e of page.entry ?? []) {
+      const coding = (e.resource as Observation).code?.coding?.[0];
+      const key = coding ? `${coding.system ?? ''}|${coding.code ?? ''}` : `text|${(e.resource as Observation).code?.text ?? ''}`;
+      const seen = perCode.get(key) ?? 0;
+      if (seen < max) {
+        perCode.set(key, seen + 1);
+        entry.push(e);
+      }
+    }
+    if ((page.entry?.length ?? 0) < 1000 || offset >= 9000) {
+      break;
+    }
+    offset += 1000;
+  }
+  return [allOk, { resourceType: 'Bundle', type: 'searchset', total: entry.length, entry }];
 }

@@ -476,11 +476,12 @@ export class PostgresRepository extends FhirRepository {
         throw new OperationOutcomeError(badRequest(`Unknown resource type: ${type}`));
       }
     }
-    if (request.cursor !== undefined) {
-      throw new OperationOutcomeError(badRequest('_cursor paging is not supported yet'));
-    }
     const count = request.count === undefined ? DEFAULT_SEARCH_COUNT : clampCount(request.count);
     const offset = checkOffset(request.offset ?? 0);
+    const cursor = parseCursor(request.cursor);
+    if (cursor !== undefined && (request.sortRules?.length || offset > 0)) {
+      throw new OperationOutcomeError(badRequest('_cursor cannot be combined with _sort or _offset', '_cursor'));
+    }
     const compiled = compileSearch(types, request, {
       registry: this.services.registry,
       projects: this.context.readProjects,
@@ -488,28 +489,33 @@ export class PostgresRepository extends FhirRepository {
     });
     const overlayMatches =
       types.length === 1 && isDefinitionType(types[0]) ? this.services.overlay.search(request) : undefined;
-
-    let resources: WithId<T>[] = [];
-    let hasMore = false;
-    let total: number | undefined;
-    const needTotal =
-      request.total === 'accurate' || request.total === 'estimate' || overlayMatches !== undefined || count === 0;
-    const where = compiled.where;
+    // Without _sort, pages follow the row order and are addressed by a cursor (the last row seen), so
+    // deep walks cost the same as the first page. Definition types page by offset (they have an overlay part).
+    const cursorPaging = !request.sortRules?.length && offset === 0 && !overlayMatches;
 
     let dbTotal: number | undefined;
-    if (needTotal) {
-      const { rows } = await this.db.query<{ n: string }>(`SELECT count(*) AS n FROM resource r WHERE ${where}`, compiled.whereValues);
-      dbTotal = Number(rows[0].n);
+    if (request.total === 'accurate' || overlayMatches !== undefined || count === 0) {
+      dbTotal = await this.count(compiled.where, compiled.whereValues);
+    } else if (request.total === 'estimate') {
+      dbTotal = await this.estimate(compiled.where, compiled.whereValues);
     }
+
+    let resources: WithId<T>[] = [];
+    let lastRid: string | undefined;
+    let hasMore = false;
     if (count > 0) {
       // Own rows come first, then the base definitions (the overlay) for the definition types.
-      const dbLimit = dbTotal === undefined ? count + 1 : Math.max(0, Math.min(count + 1, dbTotal - offset));
+      const dbLimit = overlayMatches && dbTotal !== undefined ? Math.max(0, Math.min(count + 1, dbTotal - offset)) : count + 1;
       if (dbLimit > 0) {
-        const { rows } = await this.db.query<{ content: string }>(
-          `SELECT r.content FROM resource r WHERE ${where} ORDER BY ${compiled.orderBy} LIMIT ${dbLimit} OFFSET ${offset}`,
-          compiled.values
+        const values = [...compiled.values];
+        const after = cursor === undefined ? '' : ` AND r.rid > $${values.push(cursor)}`;
+        const { rows } = await this.db.query<{ rid: string; content: string }>(
+          `SELECT r.rid, r.content FROM resource r WHERE ${compiled.where}${after}
+           ORDER BY ${compiled.orderBy} LIMIT ${dbLimit} OFFSET ${offset}`,
+          values
         );
         resources = rows.map((row) => JSON.parse(row.content) as WithId<T>);
+        lastRid = rows[Math.min(rows.length, count) - 1]?.rid;
       }
       if (overlayMatches && dbTotal !== undefined) {
         const overlayOffset = Math.max(0, offset - dbTotal);
@@ -521,9 +527,10 @@ export class PostgresRepository extends FhirRepository {
       hasMore = resources.length > count;
       resources = resources.slice(0, count);
     }
+    let total: number | undefined;
     if (dbTotal !== undefined) {
       total = dbTotal + (overlayMatches?.length ?? 0);
-    } else if (!hasMore && request.total !== 'none' && (resources.length > 0 || offset === 0)) {
+    } else if (!hasMore && cursor === undefined && request.total !== 'none' && (resources.length > 0 || offset === 0)) {
       // The last page tells the exact total for free.
       total = offset + resources.length;
     }
@@ -543,9 +550,25 @@ export class PostgresRepository extends FhirRepository {
       bundle.total = total;
     }
     if (!options?.resourceOnly) {
-      bundle.link = this.searchLinks(request, count, offset, hasMore);
+      const nextCursor = cursorPaging && hasMore && lastRid ? `r${lastRid}` : undefined;
+      bundle.link = this.searchLinks(request, count, offset, hasMore, nextCursor);
     }
     return bundle;
+  }
+
+  private async count(where: string, values: unknown[]): Promise<number> {
+    const { rows } = await this.db.query<{ n: string }>(`SELECT count(*) AS n FROM resource r WHERE ${where}`, values);
+    return Number(rows[0].n);
+  }
+
+  /** `_total=estimate`: the planner's row estimate; counted exactly when it is small (cheap then). */
+  private async estimate(where: string, values: unknown[]): Promise<number> {
+    const { rows } = await this.db.query<{ 'QUERY PLAN': [{ Plan: { 'Plan Rows': number } }] }>(
+      `EXPLAIN (FORMAT JSON) SELECT 1 FROM resource r WHERE ${where}`,
+      values
+    );
+    const estimated = rows[0]['QUERY PLAN'][0].Plan['Plan Rows'];
+    return estimated < ESTIMATE_THRESHOLD ? this.count(where, values) : estimated;
   }
 
   /** A ValueSet or CodeSystem by canonical URL: the project's own, else the base definitions. */
@@ -590,7 +613,13 @@ export class PostgresRepository extends FhirRepository {
     return codeSets;
   }
 
-  private searchLinks(request: SearchRequest, count: number, offset: number, hasMore: boolean): BundleLink[] {
+  private searchLinks(
+    request: SearchRequest,
+    count: number,
+    offset: number,
+    hasMore: boolean,
+    nextCursor: string | undefined
+  ): BundleLink[] {
     const base = request.types?.length
       ? `${this.services.baseUrl}fhir/R4`
       : `${this.services.baseUrl}fhir/R4/${request.resourceType}`;
@@ -598,8 +627,10 @@ export class PostgresRepository extends FhirRepository {
       relation,
       url: base + formatSearchQuery({ ...request, count, offset: newOffset }),
     });
-    const links = [link('self', offset), link('first', 0)];
-    if (hasMore) {
+    const links = [link('self', offset), { relation: 'first', url: base + formatSearchQuery({ ...request, count, offset: 0, cursor: undefined }) }];
+    if (nextCursor) {
+      links.push({ relation: 'next', url: base + formatSearchQuery({ ...request, count, offset: undefined, cursor: nextCursor }) });
+    } else if (hasMore) {
       links.push(link('next', offset + count));
     }
     if (offset > 0) {
@@ -963,8 +994,22 @@ function dedupeIssues(issues: OperationOutcomeIssue[]): OperationOutcomeIssue[] 
   });
 }
 
-/** Deep offsets cost a scan of everything before them; cursor paging (issue #3) is the way past this. */
+/** Deep offsets cost a scan of everything before them; cursor paging (no _sort) is the way past this. */
 const MAX_OFFSET = 10_000;
+/** Below this many estimated rows, `_total=estimate` counts exactly. */
+const ESTIMATE_THRESHOLD = 10_000;
+
+/** `_cursor=r{rid}`: continue after that row. */
+function parseCursor(cursor: string | undefined): string | undefined {
+  if (cursor === undefined) {
+    return undefined;
+  }
+  const m = /^r(\d{1,19})$/.exec(cursor);
+  if (!m) {
+    throw new OperationOutcomeError(badRequest('Invalid _cursor', '_cursor'));
+  }
+  return m[1];
+}
 
 function checkOffset(offset: number): number {
   if (!Number.isInteger(offset) || offset < 0 || offset > MAX_OFFSET) {

@@ -4,6 +4,7 @@ import type { SearchParameter } from '@medplum/fhirtypes';
 import { parseDateRange } from './dates.ts';
 import { normalizeText, parseReferenceString, precisionHalfStep } from './index-values.ts';
 import type { ParamRegistry } from './param-registry.ts';
+import { patientCompartmentParams } from './compartments.ts';
 import { compositeComponents, ofTypeSystem } from './parameters.ts';
 
 /** Collects bind parameters while SQL text is assembled, so values never enter the SQL string. */
@@ -98,8 +99,11 @@ class FilterCompiler {
       const column = `${this.a}.last_updated`;
       return orAll(splitValues(filter.value).map((v) => dateCondition(this.p, column, column, filter.operator, v)));
     }
-    if (code === '_compartment' || code === '_project') {
-      throw new OperationOutcomeError(badRequest(`Search parameter ${code} is not supported yet`, code));
+    if (code === '_compartment') {
+      return this.compartmentFilter(filter);
+    }
+    if (code === '_project') {
+      throw new OperationOutcomeError(badRequest('Search parameter _project is not supported', code));
     }
     if (code.startsWith('_has:')) {
       return this.reverseChain(filter);
@@ -228,6 +232,32 @@ class FilterCompiler {
     return `EXISTS (SELECT 1 FROM sp_reference s JOIN resource ${referrer} ON ${referrer}.rid = s.rid
       WHERE s.param = ${this.p.add(refIds ?? -1)} AND s.target_type = ${this.a}.resource_type AND s.target_id = ${this.a}.id
         AND ${nested.visible()} AND ${condition})`;
+  }
+
+  /**
+   * `_compartment=Patient/123`: resources in that patient's compartment — the patient itself, and
+   * resources whose compartment parameters (CompartmentDefinition) refer to it.
+   */
+  private compartmentFilter(filter: Filter): string {
+    const alternatives = splitValues(filter.value).map((value) => {
+      const target = parseReferenceString(value);
+      if (!target || target.resourceType !== 'Patient') {
+        throw new OperationOutcomeError(badRequest(`Only Patient compartments are supported: ${value}`, '_compartment'));
+      }
+      const compartment = patientCompartmentParams();
+      const ids = this.types.flatMap((type) =>
+        (compartment.get(type) ?? []).map((code) => this.ctx.registry.get(type, code)).filter((id) => id !== undefined)
+      );
+      const self = this.types.includes('Patient')
+        ? `(${this.a}.resource_type = 'Patient' AND ${this.a}.id = ${this.p.add(target.id)})`
+        : 'FALSE';
+      const linked = ids.length
+        ? `EXISTS (SELECT 1 FROM sp_reference s WHERE s.rid = ${this.a}.rid AND s.param = ANY(${this.p.add(ids)}::int[])
+             AND s.target_type = 'Patient' AND s.target_id = ${this.p.add(target.id)})`
+        : 'FALSE';
+      return `(${self} OR ${linked})`;
+    });
+    return orAll(alternatives);
   }
 
   private nested(types: readonly string[], alias: string, code: string): FilterCompiler {
