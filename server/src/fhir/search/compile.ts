@@ -418,8 +418,12 @@ class FilterCompiler {
         return `(${this.filterExpression(expr.left)} OR ${this.filterExpression(expr.right)})`;
       case 'not':
         return `NOT (${this.filterExpression(expr.child)})`;
-      case 'compare':
-        return this.filter(expr.filter);
+      case 'compare': {
+        // core parses _filter's `eq` as :exact, which only strings distinguish from plain equality
+        const f = expr.filter;
+        const isString = !f.code.startsWith('_') && !f.code.includes('.') && this.searchParam(f.code).type === 'string';
+        return this.filter(f.operator === Operator.EXACT && !isString ? { ...f, operator: Operator.EQUALS } : f);
+      }
     }
   }
 }
