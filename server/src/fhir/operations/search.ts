@@ -40,8 +40,9 @@ export async function searchSystem(req: FhirRequest, repo: PostgresRepository): 
  * entry; by default (strict) they are a 400.
  */
 async function runSearch(req: FhirRequest, repo: PostgresRepository, resourceType: ResourceType, query: Query): Promise<FhirResponse> {
-  const request = parseSearch(resourceType, query);
-  const ignored = isLenient(req) ? dropUnknownParameters(request) : [];
+  const lenient = isLenient(req);
+  const { request, ignored: badModifiers } = parseSearch(resourceType, query, lenient);
+  const ignored = [...badModifiers, ...(lenient ? dropUnknownParameters(request) : [])];
   const bundle = await repo.search(request);
   if (ignored.length > 0) {
     const outcome: OperationOutcome = {
@@ -49,7 +50,7 @@ async function runSearch(req: FhirRequest, repo: PostgresRepository, resourceTyp
       issue: ignored.map((code) => ({
         severity: 'warning',
         code: 'not-supported',
-        details: { text: `Unknown search parameter ${code} was ignored` },
+        details: { text: `Unknown search parameter or modifier ${code} was ignored` },
         expression: [code],
       })),
     };
@@ -58,28 +59,44 @@ async function runSearch(req: FhirRequest, repo: PostgresRepository, resourceTyp
   return [allOk, bundle];
 }
 
+/** Modifiers a search parameter key may carry (a reference's may also be a resource type). */
+const MODIFIERS = new Set(['missing', 'exact', 'contains', 'text', 'not', 'above', 'below', 'in', 'not-in', 'of-type', 'identifier', 'iterate']);
+/** Types whose values may carry a prefix: core validates a single value, so lists are passed on raw. */
+const ORDERED_TYPES = new Set(['date', 'number', 'quantity']);
+
 /**
- * core's parseSearchRequest plus what it cannot do: composite parameters (it throws on them) are
- * taken out first and added back as plain filters, and `param:Type` reference modifiers are applied.
+ * core's parseSearchRequest plus what it cannot do: composite parameters (it throws on them) and
+ * comma-separated lists of dates or numbers (it validates the list as one value) are passed as raw
+ * filters to the compiler; `param:Type` reference modifiers are applied; an unknown modifier (which
+ * core would silently drop) is a 400, or with `lenient` ignored and returned in `ignored`.
  */
-export function parseSearch(resourceType: ResourceType, query: Query): SearchRequest {
+export function parseSearch(resourceType: ResourceType, query: Query, lenient = false): { request: SearchRequest; ignored: string[] } {
   const params = getSearchParameters(resourceType) ?? {};
   const rest: Query = {};
-  const composites: { code: string; value: string }[] = [];
+  const raw: Filter[] = [];
+  const ignored: string[] = [];
   for (const [key, value] of Object.entries(applyTypeModifiers(resourceType, query))) {
-    if (params[key]?.type === 'composite') {
-      for (const v of [value ?? []].flat()) {
-        composites.push({ code: key, value: v });
+    const [code, modifier] = key.split(':');
+    const param = params[code];
+    if (param && modifier !== undefined && !key.includes('.') && !MODIFIERS.has(modifier)) {
+      if (!lenient) {
+        throw new OperationOutcomeError(badRequest(`Unknown modifier :${modifier} on search parameter ${code}`, key));
       }
+      ignored.push(key);
+      continue;
+    }
+    const values = [value ?? []].flat();
+    if (param && modifier === undefined && (param.type === 'composite' || (ORDERED_TYPES.has(param.type) && values.some((v) => v.includes(','))))) {
+      raw.push(...values.map((v) => ({ code, operator: Operator.EQUALS, value: v })));
     } else {
       rest[key] = value;
     }
   }
   const request = parseSearchRequest(resourceType, rest);
-  if (composites.length > 0) {
-    request.filters = [...(request.filters ?? []), ...composites.map((c) => ({ ...c, operator: Operator.EQUALS }))];
+  if (raw.length > 0) {
+    request.filters = [...(request.filters ?? []), ...raw];
   }
-  return request;
+  return { request, ignored };
 }
 
 function isLenient(req: FhirRequest): boolean {
@@ -134,7 +151,7 @@ export async function searchCompartment(req: FhirRequest, repo: PostgresReposito
     throw new OperationOutcomeError(badRequest(`${resourceType} is not in the Patient compartment`));
   }
   await repo.readResource('Patient', id);
-  const request = parseSearch(resourceType as ResourceType, req.query);
+  const { request } = parseSearch(resourceType as ResourceType, req.query);
   request.filters = [...(request.filters ?? []), { code: '_compartment', operator: Operator.EQUALS, value: `Patient/${id}` }];
   return [allOk, await repo.search(request)];
 }
@@ -185,7 +202,7 @@ export async function observationLastN(req: FhirRequest, repo: PostgresRepositor
   if (!Number.isInteger(max) || max < 1) {
     throw new OperationOutcomeError(badRequest('max must be a positive integer', 'max'));
   }
-  const request = parseSearch('Observation', query);
+  const { request } = parseSearch('Observation', query);
   request.sortRules = [{ code: 'date', descending: true }];
   request.count = 1000;
   const perCode = new Map<string, number>();

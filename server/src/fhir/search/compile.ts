@@ -115,7 +115,11 @@ class FilterCompiler {
     const ids = this.paramIds(code);
     if (filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) {
       const missing = (filter.operator === Operator.MISSING) === (filter.value === 'true');
-      const exists = this.existsAny(param, ids, 'TRUE');
+      let exists = this.existsAny(param, ids, 'TRUE');
+      if (param.type === 'reference') {
+        // a reference given only by identifier is indexed as a token row
+        exists = `(${exists} OR ${this.existsAny({ type: 'token' } as SearchParameter, ids, 'TRUE')})`;
+      }
       return missing ? `NOT ${exists}` : exists;
     }
     switch (param.type) {
@@ -344,24 +348,15 @@ class FilterCompiler {
     return this.existsAny(stringParam, ids, orAll(values.map((v) => stringCondition(this.p, 's', filter.operator, v, filter.code))));
   }
 
+  /** Each comma-separated value may carry its own prefix (`date=ge2024,lt2000`); `ne` needs a value that differs. */
   private dateFilter(ids: number[], filter: Filter): string {
-    const dateParam = { type: 'date' } as SearchParameter;
-    const values = splitValues(filter.value);
-    if (filter.operator === Operator.NOT_EQUALS) {
-      // ne: no value of the resource equals the search value (not: some value differs)
-      const eq = orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', Operator.EQUALS, v)));
-      return `NOT ${this.existsAny(dateParam, ids, eq)}`;
-    }
-    return this.existsAny(dateParam, ids, orAll(values.map((v) => dateCondition(this.p, 's.low', 's.high', filter.operator, v))));
+    const conditions = prefixed(filter).map(({ operator, value }) => dateCondition(this.p, 's.low', 's.high', operator, value));
+    return this.existsAny({ type: 'date' } as SearchParameter, ids, orAll(conditions));
   }
 
   private quantityFilter(param: SearchParameter, ids: number[], filter: Filter): string {
-    const values = splitValues(filter.value);
-    if (filter.operator === Operator.NOT_EQUALS) {
-      const eq = orAll(values.map((v) => quantityCondition(this.p, 's', Operator.EQUALS, v, filter.code)));
-      return `NOT ${this.existsAny(param, ids, eq)}`;
-    }
-    return this.existsAny(param, ids, orAll(values.map((v) => quantityCondition(this.p, 's', filter.operator, v, filter.code))));
+    const conditions = prefixed(filter).map(({ operator, value }) => quantityCondition(this.p, 's', operator, value, filter.code));
+    return this.existsAny(param, ids, orAll(conditions));
   }
 
   private referenceFilter(ids: number[], filter: Filter): string {
@@ -533,7 +528,8 @@ function numberCondition(p: SqlParams, x: string, operator: Operator, text: stri
       const half = p.add(precisionHalfStep(text).toString()) + '::numeric';
       const lo = `(${value} - ${half})`;
       const hi = `(${value} + ${half})`;
-      return `((${x}.value IS NOT NULL AND ${x}.value >= ${lo} AND ${x}.value < ${hi}) OR (${x}.value IS NULL AND ${x}.low >= ${lo} AND ${x}.high <= ${hi}))`;
+      const eq = `((${x}.value IS NOT NULL AND ${x}.value >= ${lo} AND ${x}.value < ${hi}) OR (${x}.value IS NULL AND ${x}.low >= ${lo} AND ${x}.high <= ${hi}))`;
+      return operator === Operator.NOT_EQUALS ? `NOT ${eq}` : eq;
     }
     case Operator.GREATER_THAN:
     case Operator.STARTS_AFTER:
@@ -643,6 +639,20 @@ function componentCondition(p: SqlParams, x: string, component: SearchParameter,
 }
 
 const PREFIXES = new Set(['eq', 'ne', 'gt', 'lt', 'ge', 'le', 'sa', 'eb', 'ap']);
+
+/**
+ * The values of an ordered (date, number, quantity) filter with their prefixes. core strips the
+ * prefix of a single value into `operator`; in a comma-separated list each value keeps its own.
+ */
+function prefixed(filter: Filter): { operator: Operator; value: string }[] {
+  return splitValues(filter.value).map((v) => {
+    if (filter.operator !== Operator.EQUALS) {
+      return { operator: filter.operator, value: v };
+    }
+    const { operator, rest } = splitPrefix(v);
+    return { operator, value: rest };
+  });
+}
 
 function splitPrefix(value: string): { operator: Operator; rest: string } {
   const prefix = value.slice(0, 2);

@@ -324,6 +324,10 @@ function addQuantity(rows: IndexRows, key: ParamKey, tv: TypedValue): void {
   const q = v as Quantity;
   if (typeof q.value === 'number') {
     pushNumber(rows, key, q.value, q.system ?? null, q.code ?? q.unit ?? null);
+    if (q.unit && q.code && q.unit !== q.code) {
+      // `value||unit` (no system) may name the unit as written: index it as a code without a system
+      pushNumber(rows, key, q.value, null, q.unit);
+    }
   }
 }
 
@@ -391,9 +395,13 @@ export function parseReferenceString(reference: string): { resourceType: string;
   return m ? { resourceType: m[1], id: m[2] } : undefined;
 }
 
-/** Case- and accent-insensitive form used by string search (NFD, combining marks removed, lower case). */
+/**
+ * Case- and accent-insensitive form used by string search: NFD, combining marks removed, lower
+ * case, and Greek final sigma as sigma (lower-casing makes a word-final Σ into ς, which must still
+ * match σ).
+ */
 export function normalizeText(value: string): string {
-  return value.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase();
+  return value.normalize('NFD').replace(/\p{M}/gu, '').toLowerCase().replaceAll('ς', 'σ');
 }
 
 function clip(value: string | null): string | null {
