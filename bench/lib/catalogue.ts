@@ -1,3 +1,4 @@
+import { parse } from 'csv-parse/sync';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 
@@ -227,35 +228,6 @@ function specFromName(name: string, si: boolean): ValueSpec {
   return { kind: 'string', options: ['See report', 'Within normal limits', 'Abnormal findings, see report'] };
 }
 
-/** Splits one CSV line (fields may be quoted and contain commas). */
-function csvFields(line: string): string[] {
-  const fields: string[] = [];
-  let current = '';
-  let quoted = false;
-  for (let i = 0; i < line.length; i++) {
-    const c = line[i];
-    if (quoted) {
-      if (c === '"' && line[i + 1] === '"') {
-        current += '"';
-        i++;
-      } else if (c === '"') {
-        quoted = false;
-      } else {
-        current += c;
-      }
-    } else if (c === '"') {
-      quoted = true;
-    } else if (c === ',') {
-      fields.push(current);
-      current = '';
-    } else {
-      current += c;
-    }
-  }
-  fields.push(current);
-  return fields;
-}
-
 export interface LabList {
   codes: LabCode[];
   /** Cumulative Zipf weights (1/rank): result frequency falls with rank as in the list. */
@@ -267,11 +239,8 @@ export function loadLabList(which: 'US' | 'SI', dir = DEFAULT_DIR): LabList {
   const text = readFileSync(path.join(dir, `LOINC_1.6_Top2000CommonLabResults${which}.csv`), 'utf8').replace(/^\uFEFF/, '');
   const seen = new Set<string>();
   const codes: LabCode[] = [];
-  for (const line of text.split(/\r?\n/).slice(1)) {
-    if (!line.trim()) {
-      continue;
-    }
-    const [code, name, short, cls, rank] = csvFields(line);
+  const records = parse(text, { from_line: 2, skip_empty_lines: true, relax_column_count: true }) as string[][];
+  for (const [code, name, short, cls, rank] of records) {
     if (!/^\d+-\d$/.test(code) || seen.has(code)) {
       continue;
     }
