@@ -3,6 +3,7 @@ import {
   badRequest,
   conflict,
   DEFAULT_MAX_SEARCH_COUNT,
+  forbidden,
   DEFAULT_SEARCH_COUNT,
   fhirpathPatchTypedValue,
   formatSearchQuery,
@@ -50,7 +51,10 @@ import type { AttachmentUrls } from '../attachments.ts';
 import type { RequiredBindings } from '../terminology.ts';
 import { isDefinitionType, isStorableResourceType } from '../definitions.ts';
 import { emptyValueIssues, pruneEmptyValues } from '../json-shape.ts';
-import { codeSetKey, compileSearch, splitValues } from '../search/compile.ts';
+import { codeSetKey, compileAccess, compileSearch, splitValues, SqlParams } from '../search/compile.ts';
+import type { CompileContext } from '../search/compile.ts';
+import { removeFields, restoreFields } from './access-rules.ts';
+import type { AccessRules, Interaction } from './access-rules.ts';
 import { expandValueSet, hierarchyCodes } from '../terminology.ts';
 import type { CanonicalLookup } from '../terminology.ts';
 import { extractIndexRows, parseReferenceString } from '../search/index-values.ts';
@@ -69,13 +73,17 @@ export interface RepositoryServices {
   baseUrl: string;
 }
 
-/** Who is asking, and which data they may touch. Issue #4 (auth) fills this from the login. */
+/** Who is asking, and which data they may touch (filled from the login by auth). */
 export interface RepositoryContext {
-  /** The project new resources belong to. */
+  /** The project new resources belong to; writes touch this project only. */
   projectId: string;
   /** Projects whose resources are visible (includes projectId). */
   readProjects: readonly string[];
+  /** Super admins read every project. */
+  allProjects?: boolean;
   author: Reference;
+  /** The effective access policy; undefined for the server's own work (unrestricted). */
+  access?: AccessRules;
 }
 
 const ID_RE = /^[A-Za-z0-9\-.]{1,64}$/;
@@ -139,17 +147,29 @@ export class PostgresRepository extends FhirRepository {
   // ---------------------------------------------------------------- writes
 
   async createResource<T extends Resource>(resource: T, options?: CreateResourceOptions): Promise<WithId<T>> {
+    this.requireInteraction(resource.resourceType, 'create');
     const id = options?.assignedId && resource.id ? resource.id : this.generateId();
     const prepared = await this.prepareWrite({ ...resource, id });
-    try {
-      await insertResource(this.db, prepared.row, prepared.index);
-    } catch (err) {
-      if (err instanceof DatabaseError && err.code === '23505') {
-        throw new OperationOutcomeError(conflict(`${resource.resourceType}/${id} already exists`));
+    const insert = async (repo: PostgresRepository): Promise<void> => {
+      try {
+        await insertResource(repo.db, prepared.row, prepared.index);
+      } catch (err) {
+        if (err instanceof DatabaseError && err.code === '23505') {
+          throw new OperationOutcomeError(conflict(`${resource.resourceType}/${id} already exists`));
+        }
+        throw err;
       }
-      throw err;
+    };
+    if (this.context.access?.rowScope(resource.resourceType, 'create').kind === 'criteria') {
+      // The policy's criteria are judged on the written row (its index), inside the transaction.
+      await this.inTransaction(async (tx) => {
+        await insert(tx);
+        await tx.requireWithinPolicy(resource.resourceType, id, 'create');
+      });
+    } else {
+      await insert(this);
     }
-    return prepared.resource as WithId<T>;
+    return this.present(prepared.resource as WithId<T>);
   }
 
   async updateResource<T extends Resource>(resource: T, options?: UpdateResourceOptions): Promise<WithId<T>> {
@@ -181,13 +201,16 @@ export class PostgresRepository extends FhirRepository {
       if (!current) {
         throw new OperationOutcomeError(conflict(`${resource.resourceType}/${resource.id} could not be written`));
       }
-      const prepared = await tx.prepareWrite(resource);
+      await tx.requireCurrentAccess(current, resource.resourceType, 'update');
+      const prepared = await tx.prepareWrite(tx.keepProtectedFields(resource, current));
       // No new version when nothing but meta changed (Binary bytes are not in the JSON, so a Binary always writes).
       if (!current.deleted && resource.resourceType !== 'Binary' && sameIgnoringMeta(current.content, prepared.resource)) {
-        return { resource: JSON.parse(current.content) as WithId<T>, created: false };
+        return { resource: tx.present(JSON.parse(current.content) as WithId<T>), created: false };
       }
       await updateResourceRow(tx.db, current.rid, prepared.row, prepared.index);
-      return { resource: prepared.resource as WithId<T>, created: false };
+      // A write may not move the resource out of what the writer may update.
+      await tx.requireWithinPolicy(resource.resourceType, resource.id as string, 'update');
+      return { resource: tx.present(prepared.resource as WithId<T>), created: false };
     });
   }
 
@@ -214,6 +237,7 @@ export class PostgresRepository extends FhirRepository {
       if (!current) {
         throw new OperationOutcomeError(notFound);
       }
+      await tx.requireCurrentAccess(current, resourceType, 'update');
       if (current.deleted) {
         throw new OperationOutcomeError(gone);
       }
@@ -248,6 +272,7 @@ export class PostgresRepository extends FhirRepository {
       if (!current) {
         throw new OperationOutcomeError(notFound);
       }
+      await tx.requireCurrentAccess(current, resourceType, 'delete');
       if (options?.ifMatch && current.version_id !== options.ifMatch) {
         throw new OperationOutcomeError(preconditionFailed);
       }
@@ -281,10 +306,11 @@ export class PostgresRepository extends FhirRepository {
 
   /** The bytes of one Binary version, as read (with its project check) by readResource or readVersion. */
   async readBinaryData(binary: WithId<Binary>): Promise<Buffer> {
+    const params = new SqlParams();
     const { rows } = await this.db.query<{ data: Buffer }>(
       `SELECT b.data FROM binary_content b JOIN resource r ON r.rid = b.rid
-       WHERE b.version_id = $1 AND r.project_id = ANY($2::uuid[])`,
-      [binary.meta?.versionId, this.context.readProjects]
+       WHERE b.version_id = ${params.add(binary.meta?.versionId)} AND ${this.accessSql('Binary', 'read', params)}`,
+      params.values
     );
     return rows[0]?.data ?? Buffer.alloc(0);
   }
@@ -294,10 +320,14 @@ export class PostgresRepository extends FhirRepository {
     if (ids.length === 0) {
       return new Map();
     }
+    if (this.context.access && !this.context.access.allows('Binary', 'read')) {
+      return new Map();
+    }
+    const params = new SqlParams();
     const { rows } = await this.db.query<{ id: string; version_id: string }>(
-      `SELECT id, version_id FROM resource
-       WHERE resource_type = 'Binary' AND id = ANY($1::text[]) AND project_id = ANY($2::uuid[]) AND NOT deleted`,
-      [ids, this.context.readProjects]
+      `SELECT r.id, r.version_id FROM resource r
+       WHERE r.resource_type = 'Binary' AND r.id = ANY(${params.add(ids)}::text[]) AND ${this.accessSql('Binary', 'read', params)} AND NOT r.deleted`,
+      params.values
     );
     return new Map(rows.map((r) => [r.id, r.version_id]));
   }
@@ -305,14 +335,16 @@ export class PostgresRepository extends FhirRepository {
   // ---------------------------------------------------------------- reads
 
   async readResource<T extends Resource>(resourceType: string, id: string): Promise<WithId<T>> {
+    this.requireInteraction(resourceType, 'read');
     if (!ID_RE.test(id)) {
       throw new OperationOutcomeError(notFound);
     }
+    const params = new SqlParams();
+    const where = `r.resource_type = ${params.add(resourceType)} AND r.id = ${params.add(id)} AND ${this.accessSql(resourceType, 'read', params)}`;
     const { rows } = await this.db.query<{ deleted: boolean; content: string }>(
-      `SELECT deleted, content FROM resource
-       WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])
-       ORDER BY project_id = $4 DESC LIMIT 1`,
-      [resourceType, id, this.context.readProjects, this.context.projectId]
+      `SELECT r.deleted, r.content FROM resource r WHERE ${where}
+       ORDER BY r.project_id = ${params.add(this.context.projectId)} DESC LIMIT 1`,
+      params.values
     );
     if (rows.length === 0) {
       const definition = isDefinitionType(resourceType) ? this.services.overlay.read(resourceType, id) : undefined;
@@ -324,7 +356,7 @@ export class PostgresRepository extends FhirRepository {
     if (rows[0].deleted) {
       throw new OperationOutcomeError(gone);
     }
-    return JSON.parse(rows[0].content) as WithId<T>;
+    return this.present(JSON.parse(rows[0].content) as WithId<T>);
   }
 
   async readReference<T extends Resource>(reference: Reference<T>): Promise<WithId<T>> {
@@ -350,15 +382,17 @@ export class PostgresRepository extends FhirRepository {
     id: string,
     options?: ReadHistoryOptions & { since?: string }
   ): Promise<Bundle<WithId<T>>> {
+    this.requireInteraction(resourceType, 'history');
+    const params = new SqlParams();
+    const where = `r.resource_type = ${params.add(resourceType)} AND r.id = ${params.add(id)} AND ${this.accessSql(resourceType, 'history', params)}`;
     const { rows: current } = await this.db.query<{ rid: string }>(
-      `SELECT rid FROM resource WHERE resource_type = $1 AND id = $2 AND project_id = ANY($3::uuid[])
-       ORDER BY project_id = $4 DESC LIMIT 1`,
-      [resourceType, id, this.context.readProjects, this.context.projectId]
+      `SELECT r.rid FROM resource r WHERE ${where} ORDER BY r.project_id = ${params.add(this.context.projectId)} DESC LIMIT 1`,
+      params.values
     );
     if (current.length === 0) {
       throw new OperationOutcomeError(notFound);
     }
-    return this.historyBundle(`${resourceType}/${id}/_history`, 'rid = $1', [current[0].rid], options);
+    return this.historyBundle(`${resourceType}/${id}/_history`, 'h.rid = $1', [current[0].rid], options);
   }
 
   /** Type-level (`Patient/_history`) or system-level (`_history`) history, newest first. */
@@ -366,13 +400,21 @@ export class PostgresRepository extends FhirRepository {
     resourceType: string | undefined,
     options?: ReadHistoryOptions & { since?: string }
   ): Promise<Bundle<WithId<T>>> {
-    const params: unknown[] = [this.context.readProjects];
-    let where = 'project_id = ANY($1::uuid[])';
-    if (resourceType) {
-      params.push(resourceType);
-      where += ' AND resource_type = $2';
+    const params = new SqlParams();
+    const clauses: string[] = [];
+    if (!this.context.allProjects) {
+      clauses.push(`h.project_id = ANY(${params.add(this.context.readProjects)}::uuid[])`);
     }
-    return this.historyBundle(resourceType ? `${resourceType}/_history` : '_history', where, params, options);
+    if (resourceType) {
+      this.requireInteraction(resourceType, 'history');
+      clauses.push(`h.resource_type = ${params.add(resourceType)}`);
+    }
+    if (this.context.access) {
+      // The policy is judged on each resource's current version (its index rows).
+      const types = resourceType ? [resourceType] : this.services.registry.resourceTypes();
+      clauses.push(compileAccess(types, 'history', this.compileContext(), params));
+    }
+    return this.historyBundle(resourceType ? `${resourceType}/_history` : '_history', clauses.join(' AND ') || 'TRUE', params.values, options);
   }
 
   private async historyBundle<T extends Resource>(
@@ -391,8 +433,9 @@ export class PostgresRepository extends FhirRepository {
         throw new OperationOutcomeError(badRequest('Invalid _since', '_since'));
       }
       args.push(since.toISOString());
-      sinceClause = ` AND last_updated >= $${args.length}::timestamptz`;
+      sinceClause = ` AND h.last_updated >= $${args.length}::timestamptz`;
     }
+    const from = 'resource_history h JOIN resource r ON r.rid = h.rid';
     const { rows } = await this.db.query<{
       resource_type: string;
       id: string;
@@ -401,15 +444,12 @@ export class PostgresRepository extends FhirRepository {
       operation: string;
       content: string;
     }>(
-      `SELECT resource_type, id, version_id, last_updated, operation, content
-       FROM resource_history WHERE ${where}${sinceClause}
-       ORDER BY last_updated DESC, version_id DESC LIMIT ${limit} OFFSET ${offset}`,
+      `SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.operation, h.content
+       FROM ${from} WHERE ${where}${sinceClause}
+       ORDER BY h.last_updated DESC, h.version_id DESC LIMIT ${limit} OFFSET ${offset}`,
       args
     );
-    const counted = await this.db.query<{ n: string }>(
-      `SELECT count(*) AS n FROM resource_history WHERE ${where}${sinceClause}`,
-      args
-    );
+    const counted = await this.db.query<{ n: string }>(`SELECT count(*) AS n FROM ${from} WHERE ${where}${sinceClause}`, args);
     const total = Number(counted.rows[0].n);
     const entry: BundleEntry<WithId<T>>[] = rows.map((row) => {
       const url = `${row.resource_type}/${row.id}`;
@@ -423,7 +463,7 @@ export class PostgresRepository extends FhirRepository {
       }
       return {
         fullUrl: this.fullUrl(row.resource_type, row.id),
-        resource: JSON.parse(row.content) as WithId<T>,
+        resource: this.present(JSON.parse(row.content) as WithId<T>),
         request: { method: row.operation === 'C' ? 'POST' : 'PUT', url: row.operation === 'C' ? row.resource_type : url },
         response: {
           status: row.operation === 'C' ? '201' : '200',
@@ -450,13 +490,16 @@ export class PostgresRepository extends FhirRepository {
   }
 
   async readVersion<T extends Resource>(resourceType: string, id: string, vid: string): Promise<WithId<T>> {
+    this.requireInteraction(resourceType, 'vread');
     if (!/^[0-9a-f-]{36}$/i.test(vid)) {
       throw new OperationOutcomeError(notFound);
     }
+    const params = new SqlParams();
+    const where = `h.version_id = ${params.add(vid)} AND h.resource_type = ${params.add(resourceType)} AND h.id = ${params.add(id)}
+      AND ${this.accessSql(resourceType, 'vread', params)}`;
     const { rows } = await this.db.query<{ operation: string; content: string }>(
-      `SELECT operation, content FROM resource_history
-       WHERE version_id = $1 AND resource_type = $2 AND id = $3 AND project_id = ANY($4::uuid[])`,
-      [vid, resourceType, id, this.context.readProjects]
+      `SELECT h.operation, h.content FROM resource_history h JOIN resource r ON r.rid = h.rid WHERE ${where}`,
+      params.values
     );
     if (rows.length === 0) {
       throw new OperationOutcomeError(notFound);
@@ -464,7 +507,7 @@ export class PostgresRepository extends FhirRepository {
     if (rows[0].operation === 'D') {
       throw new OperationOutcomeError(gone);
     }
-    return JSON.parse(rows[0].content) as WithId<T>;
+    return this.present(JSON.parse(rows[0].content) as WithId<T>);
   }
 
   // ---------------------------------------------------------------- search
@@ -475,6 +518,7 @@ export class PostgresRepository extends FhirRepository {
       if (!isStorableResourceType(type)) {
         throw new OperationOutcomeError(badRequest(`Unknown resource type: ${type}`));
       }
+      this.requireInteraction(type, 'search');
     }
     const count = request.count === undefined ? DEFAULT_SEARCH_COUNT : clampCount(request.count);
     const offset = checkOffset(request.offset ?? 0);
@@ -483,8 +527,7 @@ export class PostgresRepository extends FhirRepository {
       throw new OperationOutcomeError(badRequest('_cursor cannot be combined with _sort or _offset', '_cursor'));
     }
     const compiled = compileSearch(types, request, {
-      registry: this.services.registry,
-      projects: this.context.readProjects,
+      ...this.compileContext(),
       codeSets: await this.resolveCodeSets(types, request.filters ?? []),
     });
     const overlayMatches =
@@ -514,7 +557,7 @@ export class PostgresRepository extends FhirRepository {
            ORDER BY ${compiled.orderBy} LIMIT ${dbLimit} OFFSET ${offset}`,
           values
         );
-        resources = rows.map((row) => JSON.parse(row.content) as WithId<T>);
+        resources = rows.map((row) => this.present(JSON.parse(row.content) as WithId<T>));
         lastRid = rows[Math.min(rows.length, count) - 1]?.rid;
       }
       if (overlayMatches && dbTotal !== undefined) {
@@ -791,6 +834,95 @@ export class PostgresRepository extends FhirRepository {
   }
   private baseConditionalPatch(s: SearchRequest, p: Operation[], o?: UpdateResourceOptions) {
     return super.conditionalPatch(s, p, o);
+  }
+
+  // ---------------------------------------------------------------- access policy
+
+  private compileContext(): CompileContext {
+    return {
+      registry: this.services.registry,
+      projects: this.context.allProjects ? undefined : this.context.readProjects,
+      access: this.context.access,
+    };
+  }
+
+  /** SQL over `resource r`: the row is in the caller's projects and within the policy for the interaction. */
+  private accessSql(resourceType: string, interaction: Interaction, params: SqlParams): string {
+    return compileAccess([resourceType], interaction, this.compileContext(), params);
+  }
+
+  /** 403 when the policy allows the interaction on no resource of the type. */
+  private requireInteraction(resourceType: string, interaction: Interaction): void {
+    const access = this.context.access;
+    if (access && !access.allows(resourceType, interaction)) {
+      throw new OperationOutcomeError(forbidden);
+    }
+  }
+
+  /**
+   * Before a write to an existing resource: the interaction must be allowed on it. A resource the
+   * caller cannot even read is reported as missing, so that its existence does not leak.
+   */
+  private async requireCurrentAccess(current: CurrentRow, resourceType: string, interaction: Interaction): Promise<void> {
+    this.requireInteraction(resourceType, interaction);
+    const access = this.context.access;
+    if (!access || current.deleted) {
+      return;
+    }
+    if (!(await this.rowWithin(current.rid, resourceType, interaction))) {
+      const readable = access.allows(resourceType, 'read') && (await this.rowWithin(current.rid, resourceType, 'read'));
+      throw new OperationOutcomeError(readable ? forbidden : notFound);
+    }
+  }
+
+  /** After a write (same transaction): the new version must still be within the policy. */
+  private async requireWithinPolicy(resourceType: string, id: string, interaction: Interaction): Promise<void> {
+    if (this.context.access?.rowScope(resourceType, interaction).kind !== 'criteria') {
+      return;
+    }
+    const { rows } = await this.db.query<{ rid: string }>(
+      'SELECT rid FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3',
+      [this.context.projectId, resourceType, id]
+    );
+    if (!rows[0] || !(await this.rowWithin(rows[0].rid, resourceType, interaction))) {
+      throw new OperationOutcomeError({
+        ...forbidden,
+        issue: [{ severity: 'error', code: 'forbidden', details: { text: `The ${resourceType} would be outside your access policy` } }],
+      });
+    }
+  }
+
+  private async rowWithin(rid: string, resourceType: string, interaction: Interaction): Promise<boolean> {
+    const params = new SqlParams();
+    const { rows } = await this.db.query(
+      `SELECT 1 FROM resource r WHERE r.rid = ${params.add(rid)} AND ${this.accessSql(resourceType, interaction, params)}`,
+      params.values
+    );
+    return rows.length > 0;
+  }
+
+  /** A write keeps the stored values of the fields the policy hides or makes read-only. */
+  private keepProtectedFields<T extends Resource>(resource: T, current: CurrentRow): T {
+    const access = this.context.access;
+    if (!access || current.deleted) {
+      return resource;
+    }
+    const fields = [...access.hiddenFields(resource.resourceType), ...access.readonlyFields(resource.resourceType)];
+    if (fields.length === 0) {
+      return resource;
+    }
+    const copy = structuredClone(resource) as unknown as Record<string, unknown>;
+    restoreFields(copy, JSON.parse(current.content) as Record<string, unknown>, fields);
+    return copy as unknown as T;
+  }
+
+  /** What the caller sees of a resource: without the fields the policy hides. */
+  private present<T extends Resource>(resource: T): T {
+    const hidden = this.context.access?.hiddenFields(resource.resourceType);
+    if (hidden?.length) {
+      removeFields(resource, hidden);
+    }
+    return resource;
   }
 
   // ---------------------------------------------------------------- write preparation

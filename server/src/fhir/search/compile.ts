@@ -6,6 +6,7 @@ import { normalizeText, parseReferenceString, precisionHalfStep } from './index-
 import type { ParamRegistry } from './param-registry.ts';
 import { patientCompartmentParams } from './compartments.ts';
 import { compositeComponents, ofTypeSystem } from './parameters.ts';
+import type { AccessRules, Interaction } from '../repo/access-rules.ts';
 
 /** Collects bind parameters while SQL text is assembled, so values never enter the SQL string. */
 export class SqlParams {
@@ -25,8 +26,10 @@ export class SqlParams {
 
 export interface CompileContext {
   registry: ParamRegistry;
-  /** Projects whose rows the caller may see. */
-  projects: readonly string[];
+  /** Projects whose rows the caller may see; undefined means every project (super admin). */
+  projects: readonly string[] | undefined;
+  /** The caller's access policy; undefined means unrestricted (the server's own work). */
+  access?: AccessRules;
   /** Codes of `:in`, `:not-in`, `:below` and `:above` values, resolved beforehand (see codeSetKey). */
   codeSets?: ReadonlyMap<string, readonly { system: string; code: string }[]>;
 }
@@ -62,6 +65,14 @@ export function compileSearch(
   const whereValues = [...params.values];
   const orderBy = compiler.orderBy(request.sortRules);
   return { where: clauses.join(' AND '), orderBy, whereValues, values: params.values };
+}
+
+/**
+ * The SQL condition that a `resource r` row of the given type is within the caller's projects and
+ * access policy for an interaction (reads by id, history, and the before/after checks of writes).
+ */
+export function compileAccess(resourceTypes: readonly string[], interaction: Interaction, ctx: CompileContext, params: SqlParams): string {
+  return new FilterCompiler(resourceTypes, ctx, params).accessible(interaction);
 }
 
 /** Most links a chain (`a.b.c.d`) or nested `_has` may have. */
@@ -271,13 +282,47 @@ class FilterCompiler {
     return new FilterCompiler(types, this.ctx, this.p, alias, this.depth + 1);
   }
 
-  /** The conditions every row this compiler reads must meet: its types, the caller's projects, not deleted. */
+  /**
+   * The conditions every row this compiler reads must meet: its types, the caller's projects and
+   * access policy, not deleted. Chains and `_has` compile their linked rows through this too.
+   */
   visible(): string {
     const type =
       this.types.length === 1
         ? `${this.a}.resource_type = ${this.p.add(this.types[0])}`
         : `${this.a}.resource_type = ANY(${this.p.add(this.types)}::text[])`;
-    return `${type} AND ${this.a}.project_id = ANY(${this.p.add(this.ctx.projects)}::uuid[]) AND NOT ${this.a}.deleted`;
+    return `${type} AND ${this.accessible('search')} AND NOT ${this.a}.deleted`;
+  }
+
+  /** The caller's projects and the policy's row criteria for an interaction, over this compiler's types. */
+  accessible(interaction: Interaction): string {
+    const project = this.ctx.projects ? `${this.a}.project_id = ANY(${this.p.add(this.ctx.projects)}::uuid[])` : 'TRUE';
+    const access = this.ctx.access;
+    if (!access) {
+      return project;
+    }
+    // The policy's own criteria are compiled without the policy (they define it).
+    const unrestricted: CompileContext = { ...this.ctx, access: undefined };
+    const open: string[] = [];
+    const restricted: string[] = [];
+    for (const type of this.types) {
+      const scope = access.rowScope(type, interaction);
+      if (scope.kind === 'all') {
+        open.push(type);
+      } else if (scope.kind === 'criteria') {
+        const compiler = new FilterCompiler([type], unrestricted, this.p, this.a, this.depth);
+        const condition = orAll(scope.alternatives.map((filters) => `(${filters.map((f) => compiler.filter(f)).join(' AND ')})`));
+        restricted.push(this.types.length === 1 ? condition : `(${this.a}.resource_type = ${this.p.add(type)} AND ${condition})`);
+      }
+    }
+    if (this.types.length === 1) {
+      return `${project} AND ${open.length ? 'TRUE' : (restricted[0] ?? 'FALSE')}`;
+    }
+    const alternatives = [...restricted];
+    if (open.length) {
+      alternatives.unshift(`${this.a}.resource_type = ANY(${this.p.add(open)}::text[])`);
+    }
+    return `${project} AND ${alternatives.length ? orAll(alternatives) : 'FALSE'}`;
   }
 
   private idFilter(filter: Filter): string {

@@ -8,6 +8,7 @@ import type { Queryable } from '../../db/pool.ts';
 export class ParamRegistry {
   private readonly ids = new Map<string, number>();
   private readonly db: Queryable;
+  private types: readonly string[] = [];
 
   constructor(db: Queryable) {
     this.db = db;
@@ -17,7 +18,8 @@ export class ParamRegistry {
   async init(resourceTypes: Iterable<string>): Promise<void> {
     const types: string[] = [];
     const codes: string[] = [];
-    for (const type of resourceTypes) {
+    this.types = [...resourceTypes];
+    for (const type of this.types) {
       for (const code of Object.keys(getSearchParameters(type) ?? {})) {
         types.push(type);
         codes.push(code);
@@ -45,6 +47,10 @@ export class ParamRegistry {
     return this.ids.get(key(resourceType, code));
   }
 
+  /** Every resource type the server stores. */
+  resourceTypes(): readonly string[] {
+    return this.types;
+  }
 }
 
 function key(resourceType: string, code: string): string {

@@ -1,0 +1,143 @@
+import { badRequest, OperationOutcomeError, parseSearchRequest } from '@medplum/core';
+import type { Filter } from '@medplum/core';
+import type { AccessPolicy, AccessPolicyResource } from '@medplum/fhirtypes';
+
+export type Interaction = 'read' | 'vread' | 'search' | 'history' | 'create' | 'update' | 'delete';
+
+const READ_INTERACTIONS: readonly Interaction[] = ['read', 'vread', 'search', 'history'];
+
+/** Which rows of a type an interaction may touch: all of them, none, or those matching any of these filter sets. */
+export type RowScope = { kind: 'all' } | { kind: 'none' } | { kind: 'criteria'; alternatives: Filter[][] };
+
+/**
+ * An effective AccessPolicy (parameters already substituted, SMART scopes already intersected),
+ * answering which interactions are allowed on which types and which rows they may touch. The
+ * row criteria are search filters; the search compiler turns them into SQL, so the same rule
+ * holds for search, read, history, includes, chains and writes.
+ */
+export class AccessRules {
+  private readonly entries: readonly AccessPolicyResource[];
+  private readonly criteria = new Map<string, Filter[]>();
+
+  constructor(policy: AccessPolicy) {
+    this.entries = policy.resource ?? [];
+    for (const entry of this.entries) {
+      if (entry.criteria) {
+        this.criteria.set(entry.criteria, parseCriteria(entry.resourceType, entry.criteria));
+      }
+    }
+  }
+
+  /** Whether the interaction is allowed on at least some resources of the type. */
+  allows(resourceType: string, interaction: Interaction): boolean {
+    return this.matching(resourceType, interaction).length > 0;
+  }
+
+  rowScope(resourceType: string, interaction: Interaction): RowScope {
+    const entries = this.matching(resourceType, interaction);
+    if (entries.length === 0) {
+      return { kind: 'none' };
+    }
+    const alternatives: Filter[][] = [];
+    for (const entry of entries) {
+      const filters = entry.criteria ? this.criteria.get(entry.criteria) : undefined;
+      if (!filters?.length) {
+        return { kind: 'all' };
+      }
+      alternatives.push(filters);
+    }
+    return { kind: 'criteria', alternatives };
+  }
+
+  /** Dotted element paths (`name`, `identifier.value`) never shown for this type. */
+  hiddenFields(resourceType: string): string[] {
+    return this.fieldList(resourceType, 'hiddenFields');
+  }
+
+  /** Dotted element paths a write may not change for this type (their stored values are kept). */
+  readonlyFields(resourceType: string): string[] {
+    return this.fieldList(resourceType, 'readonlyFields');
+  }
+
+  private fieldList(resourceType: string, key: 'hiddenFields' | 'readonlyFields'): string[] {
+    // A field hidden by every entry of the type is hidden; one entry that shows it is enough to show it.
+    const entries = this.entries.filter((e) => e.resourceType === resourceType || e.resourceType === '*');
+    if (entries.length === 0) {
+      return [];
+    }
+    const [first, ...rest] = entries.map((e) => e[key] ?? []);
+    return first.filter((field) => rest.every((list) => list.includes(field)));
+  }
+
+  private matching(resourceType: string, interaction: Interaction): AccessPolicyResource[] {
+    return this.entries.filter((entry) => {
+      if (entry.resourceType !== resourceType && entry.resourceType !== '*') {
+        return false;
+      }
+      if (entry.readonly && !READ_INTERACTIONS.includes(interaction)) {
+        return false;
+      }
+      if (entry.interaction?.length) {
+        return (entry.interaction as readonly string[]).includes(interaction);
+      }
+      return true;
+    });
+  }
+}
+
+/**
+ * `Observation?subject=Patient/1` (the type must be the entry's), or for `*` entries a bare query
+ * (`?_compartment=Patient/1` or `*?_compartment=...`) applied to every type.
+ */
+function parseCriteria(resourceType: string, criteria: string): Filter[] {
+  const q = criteria.indexOf('?');
+  const type = q < 0 ? criteria : criteria.slice(0, q);
+  if (type !== resourceType && !(resourceType === '*' && (type === '' || type === '*'))) {
+    throw new OperationOutcomeError(badRequest(`AccessPolicy criteria ${criteria} does not match its resourceType ${resourceType}`));
+  }
+  if (q < 0) {
+    return [];
+  }
+  // A `*` entry's criteria can only use parameters every type has (`_compartment`, `_id`, ...).
+  const parseAs = resourceType === '*' ? 'Resource' : resourceType;
+  return parseSearchRequest(`${parseAs}?${criteria.slice(q + 1)}`).filters ?? [];
+}
+
+/** Removes dotted paths from a resource in place (through arrays at any level). */
+export function removeFields(resource: object, paths: readonly string[]): void {
+  for (const path of paths) {
+    removePath(resource, path.split('.'));
+  }
+}
+
+function removePath(node: unknown, parts: string[]): void {
+  if (Array.isArray(node)) {
+    node.forEach((item) => removePath(item, parts));
+    return;
+  }
+  if (!node || typeof node !== 'object') {
+    return;
+  }
+  const obj = node as Record<string, unknown>;
+  const [head, ...rest] = parts;
+  if (rest.length === 0) {
+    delete obj[head];
+  } else {
+    removePath(obj[head], rest);
+  }
+}
+
+/**
+ * Readonly fields: puts back the stored value of each field's top-level element (`identifier.value`
+ * keeps the whole `identifier`), so a write can neither change nor remove it.
+ */
+export function restoreFields(target: Record<string, unknown>, source: Record<string, unknown>, paths: readonly string[]): void {
+  for (const path of paths) {
+    const head = path.split('.')[0];
+    if (head in source) {
+      target[head] = structuredClone(source[head]);
+    } else {
+      delete target[head];
+    }
+  }
+}
