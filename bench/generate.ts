@@ -15,7 +15,7 @@ import type { Resource } from '@medplum/fhirtypes';
 import type { ServerServices } from '../server/src/services.ts';
 import { CpuMeter, ensureDatabase } from './lib/db.ts';
 import { organizations, patientId, patientRecord } from './lib/fake.ts';
-import { serverSrcDir, startServices } from './lib/server.ts';
+import { benchProjectId, benchRepo, serverSrcDir, startServices } from './lib/server.ts';
 
 interface Options {
   databaseUrl: string;
@@ -102,7 +102,7 @@ async function missingPatients(services: ServerServices, patients: number): Prom
     const numbers = Array.from({ length: Math.min(chunk, patients - from) }, (_, i) => from + i);
     const { rows } = await services.pool.query<{ id: string }>(
       `SELECT id FROM resource WHERE project_id = $1 AND resource_type = 'Patient' AND id = ANY($2::text[])`,
-      [services.defaultContext.projectId, numbers.map(patientId)]
+      [benchProjectId(services), numbers.map(patientId)]
     );
     const present = new Set(rows.map((r) => r.id));
     for (const n of numbers) {
@@ -139,7 +139,7 @@ async function main(): Promise<void> {
   });
   try {
     await recordRun(services, options);
-    const repo = services.repo();
+    const repo = benchRepo(services);
     for (const org of organizations()) {
       await repo.updateResource(org); // update-as-create: idempotent
     }

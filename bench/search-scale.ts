@@ -22,7 +22,7 @@ import { patientRecord } from './lib/fake.ts';
 import { loadFixtures, SHAPES } from './lib/queries.ts';
 import type { Fixtures, Shape } from './lib/queries.ts';
 import { Rng } from './lib/rng.ts';
-import { buildHttpApp, serverSrcDir, startServices } from './lib/server.ts';
+import { adminAuthorization, benchProjectId, benchRepo, buildHttpApp, serverSrcDir, startServices } from './lib/server.ts';
 import { isExplainable, SqlCapture } from './lib/sql-capture.ts';
 import type { CapturedSql } from './lib/sql-capture.ts';
 import { mean, ms, percentile } from './lib/stats.ts';
@@ -134,10 +134,13 @@ interface IndexUsage {
   seqScans: string[];
 }
 
+/** The admin's `Authorization` header, set once the server is up. */
+let authorization = '';
+
 async function request(fhirBase: string, url: string): Promise<{ ms: number; status: number; body: string; encoding: string }> {
   const started = performance.now();
   // Node's fetch asks for gzip/deflate/br like a browser does, so large bundles come back compressed
-  const res = await fetch(fhirBase + url, { headers: { accept: 'application/fhir+json' } });
+  const res = await fetch(fhirBase + url, { headers: { accept: 'application/fhir+json', authorization } });
   const body = await res.text();
   return { ms: performance.now() - started, status: res.status, body, encoding: res.headers.get('content-encoding') ?? 'identity' };
 }
@@ -331,15 +334,15 @@ async function measureCreates(
   foreign: ForeignCpu
 ): Promise<CreateResult[]> {
   const results: CreateResult[] = [];
-  const repo = services.repo();
-  const Repository = repo.constructor as new (s: typeof services, c: typeof services.defaultContext) => typeof repo;
+  const repo = benchRepo(services);
+  const Repository = repo.constructor as new (s: typeof services, c: typeof repo.context) => typeof repo;
   const noParameters = { get: () => undefined } as unknown as typeof services.registry;
-  const unindexed = new Repository({ ...services, registry: noParameters }, services.defaultContext);
+  const unindexed = new Repository({ ...services, registry: noParameters }, repo.context);
   const next = observationSource(dataset, options.seed + 7);
   const modes: { mode: string; description: string; concurrency: number; task: () => Promise<{ resources: number; ok: boolean }> }[] = [
     {
       mode: 'repository createResource',
-      description: 'in-process `services.repo().createResource(observation)`, one statement (autocommit) per create',
+      description: 'in-process `repo.createResource(observation)` (unrestricted repository), one statement (autocommit) per create',
       concurrency: 8,
       task: async () => {
         await repo.createResource(next());
@@ -364,7 +367,7 @@ async function measureCreates(
       task: async () => {
         const res = await fetch(fhirBase + 'Observation', {
           method: 'POST',
-          headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal' },
+          headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal', authorization },
           body: JSON.stringify(next()),
         });
         await res.arrayBuffer();
@@ -379,7 +382,7 @@ async function measureCreates(
         const entry = Array.from({ length: 50 }, () => ({ resource: next() as Resource, request: { method: 'POST' as const, url: 'Observation' } }));
         const res = await fetch(fhirBase, {
           method: 'POST',
-          headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal' },
+          headers: { 'content-type': 'application/fhir+json', prefer: 'return=minimal', authorization },
           body: JSON.stringify({ resourceType: 'Bundle', type: 'transaction', entry }),
         });
         await res.arrayBuffer();
@@ -684,6 +687,7 @@ async function main(): Promise<void> {
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : 0;
   const fhirBase = `http://127.0.0.1:${port}/fhir/R4/`;
+  authorization = await adminAuthorization(services);
   const db = new pg.Client({ connectionString: options.databaseUrl, application_name: 'ermis-bench-explain' });
   await db.connect();
   const foreign = new ForeignCpu(async () => {
@@ -693,7 +697,7 @@ async function main(): Promise<void> {
   try {
     const env = await environment(db);
     console.log(`server ${env.server}; data ${env.resources.map((r) => `${r.n} ${r.type}`).join(', ')}; ${env.databaseSize}`);
-    const fixtures = await loadFixtures(db, services.defaultContext.projectId, 1500);
+    const fixtures = await loadFixtures(db, benchProjectId(services), 1500);
     console.log(`fixtures: ${fixtures.patients.length} patients, ${fixtures.topCodes.length} top codes, ${fixtures.anyCodes.length} codes`);
 
     const shapes: ShapeResult[] = [];

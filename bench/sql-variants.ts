@@ -16,7 +16,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { loadFixtures, paramId, SHAPES } from './lib/queries.ts';
 import { Rng } from './lib/rng.ts';
-import { serverSrcDir, startServices } from './lib/server.ts';
+import { benchProjectId, benchRepo, serverSrcDir, startServices } from './lib/server.ts';
 import { isExplainable, SqlCapture } from './lib/sql-capture.ts';
 import { mean, ms, percentile } from './lib/stats.ts';
 
@@ -192,14 +192,14 @@ async function main(): Promise<void> {
   const services = await startServices(options.databaseUrl);
   const db = new pg.Client({ connectionString: options.databaseUrl, application_name: 'ermis-bench-variants' });
   await db.connect();
-  const repo = services.repo();
-  const projects = [services.defaultContext.projectId];
+  const repo = benchRepo(services);
+  const projects = [benchProjectId(services)];
   const experiments: string[] = [];
   try {
     PARAMS.subject = await paramId(db, 'Observation', 'subject');
     PARAMS.code = await paramId(db, 'Observation', 'code');
     PARAMS.date = await paramId(db, 'Observation', 'date');
-    const fixtures = await loadFixtures(db, services.defaultContext.projectId, 1500);
+    const fixtures = await loadFixtures(db, benchProjectId(services), 1500);
 
     /** The inputs of a shape (same seed as search-scale) with the SQL the server's compiler makes for each. */
     const inputsOf = async (key: string): Promise<Input[]> => {

@@ -25,7 +25,36 @@ async function load<T>(file: string): Promise<T> {
 export async function startServices(databaseUrl: string, env: Record<string, string> = {}): Promise<ServerServices> {
   const { loadConfig } = await load<{ loadConfig: (env: NodeJS.ProcessEnv) => ServerConfig }>('config.ts');
   const { createServices } = await load<{ createServices: (c: ServerConfig, url: string) => Promise<ServerServices> }>('services.ts');
-  return createServices(loadConfig({ LOG_LEVEL: 'silent', ...env }), databaseUrl);
+  // The bench is one user sending as fast as it can: the per-user request limit would measure itself.
+  return createServices(loadConfig({ LOG_LEVEL: 'silent', RATE_LIMIT_REQUESTS_PER_MINUTE: '100000000', ...env }), databaseUrl);
+}
+
+/** The first project's id, where the bench's data lives. */
+export function benchProjectId(services: ServerServices): string {
+  return services.auth.firstProjectId;
+}
+
+/**
+ * `Authorization` for the bench's HTTP requests: a real access token of the admin's membership in
+ * the first project, minted in-process (the bench does not know the admin's password), verified by
+ * the server on every request like any other token.
+ */
+export async function adminAuthorization(services: ServerServices): Promise<string> {
+  const { auth } = services;
+  const user = await auth.directory.userByEmail(services.config.adminEmail);
+  const membership = user && (await auth.directory.membershipsOfUser(user.id)).find((m) => m.project?.reference === `Project/${auth.firstProjectId}`);
+  if (!user || !membership) {
+    throw new Error(`No admin membership for ${services.config.adminEmail} in the first project`);
+  }
+  const login = await auth.logins.create({ userId: user.id, membershipId: membership.id, projectId: auth.firstProjectId, authMethod: 'password', scope: 'openid', granted: true });
+  const session = await auth.sessions.fromLogin(login);
+  const tokens = await auth.tokens.issue({ login, profile: session.profile, projectId: auth.firstProjectId, scope: 'openid' }, null);
+  return `Bearer ${tokens.access_token}`;
+}
+
+/** An unrestricted repository writing into the first project (the bench's own data loading). */
+export function benchRepo(services: ServerServices): ReturnType<ServerServices['auth']['directory']['repo']> {
+  return services.auth.directory.repo(services.auth.firstProjectId);
 }
 
 export async function buildHttpApp(services: ServerServices): Promise<FastifyInstance> {

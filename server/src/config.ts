@@ -16,6 +16,19 @@ export interface ServerConfig {
   /** Largest accepted raw Binary body, in bytes. */
   maxBinaryBytes: number;
   databasePoolSize: number;
+  /** The first admin's sign-in; without a password one is generated at first start and printed once. */
+  adminEmail: string;
+  adminPassword: string | undefined;
+  firstProjectName: string;
+  /** Where the app (and its OAuth login page) is served; by default the server itself. */
+  appBaseUrl: string;
+  /** Whether anyone may register and create projects (/auth/newuser, /auth/newproject). */
+  registrationEnabled: boolean;
+  requestsPerMinute: number;
+  loginFailuresPerAccount: number;
+  loginFailuresPerAddress: number;
+  /** Default AuditEvent volume for projects without their own setting. */
+  auditEvents: 'all' | 'writes' | 'logins' | 'none';
 }
 
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
@@ -32,7 +45,36 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     maxJsonBytes: parseBytes(env.MAX_JSON_BYTES, 16 * 1024 * 1024),
     maxBinaryBytes: parseBytes(env.MAX_BINARY_BYTES, 64 * 1024 * 1024),
     databasePoolSize: parsePositiveInt(env.DATABASE_POOL_SIZE, 16),
+    adminEmail: env.ADMIN_EMAIL || 'admin@example.com',
+    adminPassword: env.ADMIN_PASSWORD || undefined,
+    firstProjectName: env.FIRST_PROJECT_NAME || 'ermis',
+    appBaseUrl: withTrailingSlash(env.APP_BASE_URL || baseUrl),
+    registrationEnabled: parseBoolean(env.REGISTRATION_ENABLED, false),
+    requestsPerMinute: parsePositiveInt(env.RATE_LIMIT_REQUESTS_PER_MINUTE, 6000),
+    loginFailuresPerAccount: parsePositiveInt(env.LOGIN_FAILURES_PER_ACCOUNT, 10),
+    loginFailuresPerAddress: parsePositiveInt(env.LOGIN_FAILURES_PER_ADDRESS, 100),
+    auditEvents: parseChoice(env.AUDIT_EVENTS, ['all', 'writes', 'logins', 'none'] as const, 'all'),
   };
+}
+
+function parseBoolean(value: string | undefined, fallback: boolean): boolean {
+  if (value === undefined || value === '') {
+    return fallback;
+  }
+  if (!['true', 'false'].includes(value)) {
+    throw new Error(`Expected true or false, got: ${value}`);
+  }
+  return value === 'true';
+}
+
+function parseChoice<T extends string>(value: string | undefined, choices: readonly T[], fallback: T): T {
+  if (value === undefined || value === '') {
+    return fallback;
+  }
+  if (!choices.includes(value as T)) {
+    throw new Error(`Expected one of ${choices.join(', ')}, got: ${value}`);
+  }
+  return value as T;
 }
 
 function withTrailingSlash(url: string): string {

@@ -3,6 +3,7 @@ import { startEmbeddedPostgres } from './db/embedded.ts';
 import type { EmbeddedDatabase } from './db/embedded.ts';
 import { buildApp } from './http/app.ts';
 import { createServices } from './services.ts';
+import type { ServerServices } from './services.ts';
 
 /** Starts the FHIR server: embedded Postgres when DATABASE_URL is unset, migrations, HTTP. */
 async function main(): Promise<void> {
@@ -18,8 +19,13 @@ async function main(): Promise<void> {
   const services = await createServices(config, databaseUrl);
   const app = await buildApp(services);
   await app.listen({ port: config.port, host: config.host });
-  warmUpGraphql(config.port);
+  warmUpGraphql(services);
   console.log(`ermis server listening: ${config.baseUrl} (FHIR base ${config.baseUrl}fhir/R4/, health ${config.baseUrl}healthcheck)`);
+  if (services.generatedAdminPassword) {
+    console.log(`First start: admin sign-in ${config.adminEmail} / ${services.generatedAdminPassword} (shown once; set ADMIN_PASSWORD to choose it)`);
+  } else {
+    console.log(`Admin sign-in: ${config.adminEmail} (password from ADMIN_PASSWORD, or the one printed at first start)`);
+  }
 
   const shutdown = async (signal: string): Promise<void> => {
     console.log(`${signal}: shutting down`);
@@ -33,12 +39,13 @@ async function main(): Promise<void> {
 }
 
 /** fhir-router builds its GraphQL schema on first use (seconds); do it now rather than in a user's request. */
-function warmUpGraphql(port: number): void {
-  fetch(`http://127.0.0.1:${port}/fhir/R4/$graphql`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json' },
-    body: JSON.stringify({ query: '{ PatientList(_count: 1) { id } }' }),
-  }).catch(() => undefined);
+function warmUpGraphql(services: ServerServices): void {
+  services.router
+    .handleRequest(
+      { method: 'POST', url: '/$graphql', pathname: '', params: {}, query: {}, body: { query: '{ PatientList(_count: 1) { id } }' } },
+      services.auth.directory.repo(services.auth.firstProjectId)
+    )
+    .catch(() => undefined);
 }
 
 main().catch((err: unknown) => {

@@ -1,7 +1,10 @@
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { FhirRouter } from '@medplum/fhir-router';
-import type { CapabilityStatement, Project } from '@medplum/fhirtypes';
+import type { CapabilityStatement } from '@medplum/fhirtypes';
 import type pg from 'pg';
+import { bootstrap } from './auth/bootstrap.ts';
+import { createAuthServices } from './auth/service.ts';
+import type { AuthServices } from './auth/service.ts';
 import type { ServerConfig } from './config.ts';
 import { migrate } from './db/migrate.ts';
 import { connectRedis } from './db/redis.ts';
@@ -28,9 +31,11 @@ export interface ServerServices extends RepositoryServices {
   capabilityStatement: CapabilityStatement;
   /** Present when REDIS_URL is configured. */
   redis: RedisClient | undefined;
-  /** The project requests act in until authentication (issue #4) assigns one per login. */
-  defaultContext: RepositoryContext;
-  repo(context?: RepositoryContext): PostgresRepository;
+  auth: AuthServices;
+  /** Set only on the first start when ADMIN_PASSWORD was not given: print it once. */
+  generatedAdminPassword: string | undefined;
+  /** A repository acting as a session (its projects and access policy). */
+  repo(context: RepositoryContext): PostgresRepository;
   close(): Promise<void>;
 }
 
@@ -49,18 +54,40 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
     const attachments = new AttachmentUrls(config.baseUrl, Buffer.from(await setting(pool, 'attachment_key', () => randomBytes(32).toString('base64')), 'base64'));
     const bindings = new RequiredBindings(overlay);
     const base: RepositoryServices = { pool, registry, overlay, attachments, bindings, baseUrl: config.baseUrl };
-    const defaultContext = await defaultProjectContext(base);
+    const projects = await bootstrap(base, {
+      adminEmail: config.adminEmail,
+      adminPassword: config.adminPassword,
+      firstProjectName: config.firstProjectName,
+    });
     const redis = config.redisUrl ? connectRedis(config.redisUrl) : undefined;
+    const auth = await createAuthServices(
+      base,
+      {
+        baseUrl: config.baseUrl,
+        appBaseUrl: config.appBaseUrl,
+        registrationEnabled: config.registrationEnabled,
+        rateLimits: {
+          requestsPerMinute: config.requestsPerMinute,
+          loginFailuresPerAccount: config.loginFailuresPerAccount,
+          loginFailuresPerAddress: config.loginFailuresPerAddress,
+        },
+        auditEvents: config.auditEvents,
+      },
+      projects,
+      redis
+    );
     return {
       ...base,
       config,
       presenter: new Presenter(overlay),
       router: createFhirRouter(),
       capabilityStatement: buildCapabilityStatement(overlay, config.baseUrl, VERSION),
-      defaultContext,
+      auth,
+      generatedAdminPassword: projects.generatedPassword,
       redis,
-      repo: (context = defaultContext) => new PostgresRepository(base, context),
+      repo: (context) => new PostgresRepository(base, context),
       close: async () => {
+        await auth.close();
         await redis?.close().catch(() => undefined);
         await pool.end();
       },
@@ -76,21 +103,4 @@ async function setting(pool: pg.Pool, key: string, init: () => string): Promise<
   await pool.query('INSERT INTO server_setting (key, value) VALUES ($1, $2) ON CONFLICT DO NOTHING', [key, init()]);
   const { rows } = await pool.query<{ value: string }>('SELECT value FROM server_setting WHERE key = $1', [key]);
   return rows[0].value;
-}
-
-/** The first Project, created on first start. */
-async function defaultProjectContext(services: RepositoryServices): Promise<RepositoryContext> {
-  const projectId = await setting(services.pool, 'default_project_id', () => randomUUID());
-  const context: RepositoryContext = {
-    projectId,
-    readProjects: [projectId],
-    author: { reference: 'system' },
-  };
-  const repo = new PostgresRepository(services, context);
-  await repo.conditionalCreate<Project>(
-    { resourceType: 'Project', id: projectId, name: 'Default' },
-    { resourceType: 'Project', filters: [{ code: '_id', operator: 'eq', value: projectId }] },
-    { assignedId: true }
-  );
-  return context;
 }

@@ -150,7 +150,7 @@ describe('Binary', () => {
     const binary = await t.medplum.createBinary({ data: 'secret', contentType: 'text/plain' });
     const other = t.server.services.repo({ projectId: randomUUID(), readProjects: [], author: { reference: 'system' } });
     expect(await other.readableBinaries([binary.id as string])).toEqual(new Map());
-    expect(await t.server.services.repo().readableBinaries([binary.id as string])).toEqual(new Map([[binary.id, binary.meta?.versionId]]));
+    expect(await t.server.services.auth.directory.repo(t.server.projectId).readableBinaries([binary.id as string])).toEqual(new Map([[binary.id, binary.meta?.versionId]]));
     const doc = { resourceType: 'DocumentReference', content: [{ attachment: { contentType: 'text/plain', url: `Binary/${binary.id}` } }] };
     expect(t.server.services.attachments.toFetchable(structuredClone(doc), new Map()).content[0].attachment.url).toBe(`Binary/${binary.id}`);
   });

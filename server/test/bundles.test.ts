@@ -17,7 +17,7 @@ let client: Client;
 beforeAll(async () => {
   server = await startTestServer();
   // fhir-kit-client: an independent FHIR client, so the server is not only tested through Medplum's own.
-  client = new Client({ baseUrl: server.fhirUrl.replace(/\/$/, '') });
+  client = new Client({ baseUrl: server.fhirUrl.replace(/\/$/, ''), bearerToken: server.admin.accessToken });
 });
 
 afterAll(async () => {

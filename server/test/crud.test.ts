@@ -149,7 +149,7 @@ describe('history', () => {
     const seen: string[] = [];
     let url: string | undefined = `${t.server.fhirUrl}Patient/${v1.id}/_history?_count=3`;
     while (url) {
-      const bundle = (await (await fetch(url)).json()) as Bundle<Patient>;
+      const bundle = (await (await fetch(url, { headers: t.server.authorization })).json()) as Bundle<Patient>;
       seen.push(...(bundle.entry ?? []).map((e) => e.resource?.gender as string));
       url = bundle.link?.find((l) => l.relation === 'next')?.url;
     }
@@ -220,7 +220,7 @@ describe('response conventions', () => {
     expect(json.headers.get('content-type')).toBe('application/json; charset=utf-8');
     const { request } = await import('node:http');
     const encoding = await new Promise<string | undefined>((resolve, reject) => {
-      const req = request(`${t.server.fhirUrl}StructureDefinition/Patient`, { headers: { 'Accept-Encoding': 'gzip' } }, (res) => {
+      const req = request(`${t.server.fhirUrl}StructureDefinition/Patient`, { headers: { 'Accept-Encoding': 'gzip', ...t.server.authorization } }, (res) => {
         res.resume();
         resolve(res.headers['content-encoding']);
       });
@@ -235,8 +235,10 @@ describe('response conventions', () => {
     const plain = (await (await t.server.fhir(`Patient/${p.id}`)).json()) as Patient;
     expect(plain.meta?.project).toBeUndefined();
     const extended = (await (await t.server.fhir(`Patient/${p.id}`, { headers: { 'X-Medplum': 'extended' } })).json()) as Patient;
-    expect(extended.meta?.project).toBe(t.server.services.defaultContext.projectId);
-    expect(extended.meta?.author?.reference).toBe('system');
+    expect(extended.meta?.project).toBe(t.server.projectId);
+    // the author is the signed-in admin's profile
+    const me = await t.medplum.get('auth/me');
+    expect(extended.meta?.author?.reference).toBe(me.profile.resourceType + '/' + me.profile.id);
   });
 });
 

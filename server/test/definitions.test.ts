@@ -43,7 +43,7 @@ describe('base definitions are readable and searchable in every project', () => 
     expect(page1.entry).toHaveLength(10);
     expect(page1.entry?.every((e) => e.resource?.base.includes('Patient') || e.resource?.base.includes('Resource' as never))).toBe(true);
     const next = page1.link?.find((l) => l.relation === 'next')?.url as string;
-    const page2 = (await (await fetch(next)).json()) as Bundle<SearchParameter>;
+    const page2 = (await (await fetch(next, { headers: t.server.authorization })).json()) as Bundle<SearchParameter>;
     expect(page2.entry).toHaveLength(10);
     const ids1 = new Set(page1.entry?.map((e) => e.resource?.id));
     expect(page2.entry?.some((e) => ids1.has(e.resource?.id))).toBe(false);

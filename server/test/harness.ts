@@ -8,16 +8,28 @@ import { createServices } from '../src/services.ts';
 import { databaseUrl, withAdmin } from './global-setup.ts';
 import type { ServerServices } from '../src/services.ts';
 
+/** The first admin every test server is started with (ADMIN_EMAIL / ADMIN_PASSWORD). */
+export const TEST_ADMIN = { email: 'admin@example.com', password: 'ermis-test-admin-1' };
+
 export interface TestServer {
   baseUrl: string;
   fhirUrl: string;
   services: ServerServices;
   app: FastifyInstance;
-  /** A MedplumClient pointed at this server. */
+  /** The first project, where the admin is project admin (not super admin). */
+  projectId: string;
+  admin: { email: string; password: string; accessToken: string };
+  /** `Authorization: Bearer` of the admin, for requests made with plain fetch. */
+  authorization: { Authorization: string };
+  /** A MedplumClient pointed at this server, acting as the first project's admin. */
   medplum(): MedplumClient;
-  /** Plain HTTP against the FHIR base (path relative to /fhir/R4/). */
+  /** A MedplumClient pointed at this server, not signed in. */
+  anonymous(): MedplumClient;
+  /** Signs in through /auth/login and /oauth2/token like an app does (PKCE), in the given project. */
+  signIn(email: string, password: string, projectId?: string): Promise<MedplumClient>;
+  /** Plain HTTP against the FHIR base (path relative to /fhir/R4/), as the admin unless init sets Authorization. */
   fhir(path: string, init?: RequestInit): Promise<Response>;
-  /** Number of rows in the resource and history tables: "the database is unchanged" checks. */
+  /** Rows in the resource and history tables, AuditEvents (written in the background) aside: "the database is unchanged" checks. */
   rowCounts(): Promise<{ resources: number; versions: number }>;
   stop(): Promise<void>;
 }
@@ -25,22 +37,60 @@ export interface TestServer {
 /** Starts a real server (Fastify on a real port, real Postgres) for a test file. */
 export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
   const port = await freePort();
-  const config = loadConfig({ PORT: String(port), HOST: '127.0.0.1', LOG_LEVEL: 'silent', ...env });
+  const config = loadConfig({
+    PORT: String(port),
+    HOST: '127.0.0.1',
+    LOG_LEVEL: 'silent',
+    ADMIN_EMAIL: TEST_ADMIN.email,
+    ADMIN_PASSWORD: TEST_ADMIN.password,
+    // Suites send thousands of requests a minute as one user; the limit has its own test.
+    RATE_LIMIT_REQUESTS_PER_MINUTE: '1000000',
+    ...env,
+  });
   const services = await createServices(config, await createTestDatabase());
   const app = await buildApp(services);
   await app.listen({ port, host: '127.0.0.1' });
   const baseUrl = config.baseUrl;
   const fhirUrl = `${baseUrl}fhir/R4/`;
+  const projectId = services.auth.firstProjectId;
+  const anonymous = (): MedplumClient => new MedplumClient({ baseUrl, fetch: (url: string, init: RequestInit) => fetch(url, init) });
+  const signIn = async (email: string, password: string, project?: string): Promise<MedplumClient> => {
+    const client = anonymous();
+    const response = await client.startLogin({ email, password, projectId: project });
+    if (!response.code) {
+      throw new Error(`sign-in of ${email} did not end with a code: ${JSON.stringify(response)}`);
+    }
+    await client.processCode(response.code);
+    return client;
+  };
+  const adminClient = await signIn(config.adminEmail, config.adminPassword as string, projectId);
+  const admin = { email: config.adminEmail, password: config.adminPassword as string, accessToken: adminClient.getAccessToken() as string };
   return {
     baseUrl,
     fhirUrl,
     services,
     app,
-    medplum: () => new MedplumClient({ baseUrl, fetch: (url: string, init: RequestInit) => fetch(url, init) }),
-    fhir: (path, init) => fetch(fhirUrl + path, init),
+    projectId,
+    admin,
+    authorization: { Authorization: `Bearer ${admin.accessToken}` },
+    medplum: () => {
+      const client = anonymous();
+      client.setAccessToken(admin.accessToken);
+      return client;
+    },
+    anonymous,
+    signIn,
+    fhir: (path, init) => {
+      const headers = new Headers(init?.headers);
+      if (!headers.has('Authorization')) {
+        headers.set('Authorization', `Bearer ${admin.accessToken}`);
+      }
+      return fetch(fhirUrl + path, { ...init, headers });
+    },
     rowCounts: async () => {
       const { rows } = await services.pool.query<{ r: string; h: string }>(
-        'SELECT (SELECT count(*) FROM resource) AS r, (SELECT count(*) FROM resource_history) AS h'
+        `SELECT (SELECT count(*) FROM resource WHERE resource_type <> 'AuditEvent') AS r,
+                (SELECT count(*) FROM resource_history WHERE resource_type <> 'AuditEvent') AS h`
       );
       return { resources: Number(rows[0].r), versions: Number(rows[0].h) };
     },

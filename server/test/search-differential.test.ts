@@ -831,7 +831,7 @@ function prepare(spec: QuerySpec): { path: string; query: string; type: string; 
 }
 
 async function fetchBundle(url: string, headers?: Record<string, string>): Promise<{ status: number; bundle: Bundle; text: string }> {
-  const res = await fetch(url, { headers });
+  const res = await fetch(url, { headers: { ...server.authorization, ...headers } });
   const text = await res.text();
   let bundle = {} as Bundle;
   try {

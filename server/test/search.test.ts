@@ -355,7 +355,7 @@ describe('compartments, $everything, $lastn, cursors and estimates', () => {
     let url: string | undefined = `${server.fhirUrl}Observation?_tag=urn:test|${tag}&_count=1`;
     let pages = 0;
     while (url && pages++ < 20) {
-      const bundle = (await (await fetch(url)).json()) as Bundle;
+      const bundle = (await (await fetch(url, { headers: server.authorization })).json()) as Bundle;
       seen.push(...(bundle.entry ?? []).map((e) => e.resource?.id as string));
       url = bundle.link?.find((l) => l.relation === 'next')?.url;
       if (url) {
@@ -400,7 +400,7 @@ describe('results', () => {
     expect(first.total).toBe(4);
     expect(first.entry).toHaveLength(3);
     const next = first.link?.find((l) => l.relation === 'next')?.url as string;
-    const second = (await (await fetch(next)).json()) as Bundle;
+    const second = (await (await fetch(next, { headers: server.authorization })).json()) as Bundle;
     expect(second.entry).toHaveLength(1);
     expect(second.link?.find((l) => l.relation === 'next')).toBeUndefined();
     expect(second.link?.find((l) => l.relation === 'previous')).toBeDefined();
@@ -487,7 +487,7 @@ describe('project isolation in the repository', () => {
     expect(own.created).toBe(true);
     expect((await medplum.readResource('Patient', anna.id as string)).gender).toBe('female');
     // a context that may read this project still writes only to its own
-    const reader = server.services.repo({ projectId: other, readProjects: [other, server.services.defaultContext.projectId], author: { reference: 'system' } });
+    const reader = server.services.repo({ projectId: other, readProjects: [other, server.projectId], author: { reference: 'system' } });
     expect((await reader.readResource<Patient>('Patient', anna.id as string)).gender).toBe('other');
     await reader.updateResource({ ...anna, meta: undefined, gender: 'unknown' });
     expect((await medplum.readResource('Patient', anna.id as string)).gender).toBe('female');

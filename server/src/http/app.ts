@@ -1,24 +1,36 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import compress from '@fastify/compress';
+import cors from '@fastify/cors';
 import { allOk, badRequest, created, notFound, OperationOutcomeError } from '@medplum/core';
-import type { FhirRequest, HttpMethod } from '@medplum/fhir-router';
+import type { FhirRequest, FhirResponse, HttpMethod } from '@medplum/fhir-router';
 import type { Binary, Resource } from '@medplum/fhirtypes';
 import Fastify from 'fastify';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { authenticate } from '../auth/authenticate.ts';
+import { RateLimitExceeded, rateLimitHeader } from '../auth/rate-limit.ts';
+import { adminRoutes } from '../auth/routes/admin.ts';
+import { loginRoutes } from '../auth/routes/login.ts';
+import { oauthRoutes } from '../auth/routes/oauth.ts';
+import { wellKnownRoutes } from '../auth/routes/wellknown.ts';
+import type { AuthSession } from '../auth/sessions.ts';
 import { readStoredBinary } from '../fhir/repo/storage-read.ts';
+import type { PostgresRepository } from '../fhir/repo/postgres-repository.ts';
+import { registerAppStatic } from './app-static.ts';
 import { handleFhirRequest, parseIfMatch } from '../fhir/router.ts';
 import type { ServerServices } from '../services.ts';
 import { VERSION } from '../services.ts';
 import { sendFhirResponse, sendJson } from './fhir-response.ts';
 import { guarded } from '../db/errors.ts';
 import { pingRedis } from '../db/redis.ts';
-import { parseJsonBody } from './json-body.ts';
+import { parseJsonBody, useJsonBodies } from './json-body.ts';
 import { outcomeOf } from './outcomes.ts';
 
 const FHIR_PREFIX = '/fhir/R4';
-/** application/json, application/fhir+json, application/json-patch+json and any other +json type. */
-const JSON_TYPES = /^application\/([a-z0-9.+-]+\+)?json(-patch\+json)?$/;
 
-/** Builds the HTTP server: FHIR REST under /fhir/R4, raw Binary, signed storage URLs, health. */
+const APP_DIST = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../app/dist');
+
+/** Builds the HTTP server: FHIR REST under /fhir/R4, raw Binary, signed storage URLs, auth, the app, health. */
 export async function buildApp(services: ServerServices): Promise<FastifyInstance> {
   const app = Fastify({
     logger: services.config.logLevel === 'silent' ? false : { level: services.config.logLevel },
@@ -27,8 +39,19 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 500 },
   });
   await app.register(compress, { global: true, threshold: 1024 });
+  // Bearer tokens, not cookies, authorize API calls, so any origin may call (SMART apps run anywhere).
+  await app.register(cors, {
+    origin: true,
+    methods: ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'],
+    allowedHeaders: ['Authorization', 'Content-Type', 'Accept', 'If-Match', 'If-None-Exist', 'If-None-Match', 'If-Modified-Since', 'Prefer', 'X-Medplum', 'X-Security-Context', 'Cache-Control', 'Pragma'],
+    exposedHeaders: ['ETag', 'Location', 'Content-Location', 'Last-Modified', 'ratelimit', 'Retry-After'],
+    maxAge: 3600,
+  });
 
   app.setErrorHandler((err, request, reply) => {
+    if (err instanceof RateLimitExceeded) {
+      reply.header('ratelimit', rateLimitHeader(err.state)).header('Retry-After', String(Math.max(1, err.state.resetSeconds)));
+    }
     const { status, outcome } = outcomeOf(err);
     if (status >= 500) {
       request.log.error({ err }, 'request failed');
@@ -51,23 +74,22 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
     reply.status(ok ? 200 : 503);
     return { ok, version: VERSION, platform: process.platform, runtime: process.version, postgres, redis };
   });
-  app.get('/', async () => ({ ok: true }));
-
+  await app.register(async (scope) => wellKnownRoutes(scope, services.auth));
+  await app.register(async (scope) => oauthRoutes(scope, services.auth));
+  await app.register(async (scope) => loginRoutes(scope, services.auth));
+  await app.register(async (scope) => adminRoutes(scope, services.auth));
   await app.register(async (binary) => binaryRoutes(binary, services));
   await app.register(async (fhir) => fhirRoutes(fhir, services));
+  await registerAppStatic(app, APP_DIST);
+  if (!app.hasRoute({ method: 'GET', url: '/' })) {
+    app.get('/', async () => ({ ok: true }));
+  }
   return app;
 }
 
 /** JSON FHIR REST: everything under /fhir/R4 except raw Binary content. */
 async function fhirRoutes(app: FastifyInstance, services: ServerServices): Promise<void> {
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser(JSON_TYPES, { parseAs: 'buffer' }, (_req, body, done) => {
-    try {
-      done(null, parseJsonBody(body as Buffer));
-    } catch (err) {
-      done(err as Error, undefined);
-    }
-  });
+  useJsonBodies(app);
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     // POST _search: repeated parameters (date=ge..&date=le..) must all be kept
     const params: Record<string, string[]> = {};
@@ -80,12 +102,44 @@ async function fhirRoutes(app: FastifyInstance, services: ServerServices): Promi
   app.get(`${FHIR_PREFIX}/metadata`, async (request, reply) => sendJson(request, reply, services.capabilityStatement));
 
   const handler = async (request: FastifyRequest, reply: FastifyReply): Promise<FastifyReply> => {
-    const repo = services.repo();
-    const response = await handleFhirRequest(services.router, repo, toFhirRequest(request));
-    return sendFhirResponse(request, reply, services, repo, response);
+    const session = await authenticate(request, reply, services.auth);
+    return audited(services, session, request, async () => {
+      const repo = services.repo(session.context);
+      const response = await handleFhirRequest(services.router, repo, toFhirRequest(request));
+      return { repo, response };
+    }, reply);
   };
   app.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: `${FHIR_PREFIX}`, handler });
   app.route({ method: ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'], url: `${FHIR_PREFIX}/*`, handler });
+}
+
+/** Runs a FHIR interaction for a session, sends its response, and records the access (off the request path). */
+async function audited(
+  services: ServerServices,
+  session: AuthSession,
+  request: FastifyRequest,
+  run: () => Promise<{ repo: PostgresRepository; response: FhirResponse } | { sent: FastifyReply }>,
+  reply: FastifyReply
+): Promise<FastifyReply> {
+  let status = 500;
+  try {
+    const result = await run();
+    if (!('sent' in result)) {
+      await sendFhirResponse(request, reply, services, result.repo, result.response);
+    }
+    status = reply.statusCode;
+    return reply;
+  } catch (err) {
+    status = outcomeOf(err).status;
+    throw err;
+  } finally {
+    services.auth.audit.fhirAccess(session.project, session.profile, {
+      method: request.method,
+      url: request.url.slice(FHIR_PREFIX.length) || '/',
+      status,
+      remoteAddress: request.ip,
+    });
+  }
 }
 
 function toFhirRequest(request: FastifyRequest): FhirRequest {
@@ -114,25 +168,28 @@ async function binaryRoutes(app: FastifyInstance, services: ServerServices): Pro
   });
 
   const writeBinary = async (request: FastifyRequest, reply: FastifyReply, id?: string): Promise<FastifyReply> => {
-    // Kept whole (charset included): it is what a later download answers with.
-    const contentType = (request.headers['content-type'] ?? 'application/octet-stream').trim();
-    const body = (request.body as Buffer | undefined) ?? Buffer.alloc(0);
-    const repo = services.repo();
-    if (/json$/.test(contentType.split(';')[0])) {
-      const parsed = parseJsonBody(body) as Resource | undefined;
-      if (parsed?.resourceType === 'Binary') {
-        const fhirRequest = toFhirRequest(request);
-        fhirRequest.body = parsed;
-        return sendFhirResponse(request, reply, services, repo, await handleFhirRequest(services.router, repo, fhirRequest));
+    const session = await authenticate(request, reply, services.auth);
+    return audited(services, session, request, async () => {
+      // Kept whole (charset included): it is what a later download answers with.
+      const contentType = (request.headers['content-type'] ?? 'application/octet-stream').trim();
+      const body = (request.body as Buffer | undefined) ?? Buffer.alloc(0);
+      const repo = services.repo(session.context);
+      if (/json$/.test(contentType.split(';')[0])) {
+        const parsed = parseJsonBody(body) as Resource | undefined;
+        if (parsed?.resourceType === 'Binary') {
+          const fhirRequest = toFhirRequest(request);
+          fhirRequest.body = parsed;
+          return { repo, response: await handleFhirRequest(services.router, repo, fhirRequest) };
+        }
       }
-    }
-    if (id) {
-      const result = await repo.upsertBinary(id, contentType, body, parseIfMatch(request.headers['if-match']));
-      return sendFhirResponse(request, reply, services, repo, [result.created ? created : allOk, result.resource]);
-    }
-    const securityContext = request.headers['x-security-context'];
-    const binary = await repo.createBinary(contentType, body, securityContext ? { reference: String(securityContext) } : undefined);
-    return sendFhirResponse(request, reply, services, repo, [created, binary]);
+      if (id) {
+        const result = await repo.upsertBinary(id, contentType, body, parseIfMatch(request.headers['if-match']));
+        return { repo, response: [result.created ? created : allOk, result.resource] as FhirResponse };
+      }
+      const securityContext = request.headers['x-security-context'];
+      const binary = await repo.createBinary(contentType, body, securityContext ? { reference: String(securityContext) } : undefined);
+      return { repo, response: [created, binary] as FhirResponse };
+    }, reply);
   };
 
   app.post(`${FHIR_PREFIX}/Binary`, (request, reply) => writeBinary(request, reply));
@@ -142,18 +199,21 @@ async function binaryRoutes(app: FastifyInstance, services: ServerServices): Pro
     request: FastifyRequest<{ Params: { id: string; vid?: string } }>,
     reply: FastifyReply
   ): Promise<FastifyReply> => {
-    const repo = services.repo();
-    const { id, vid } = request.params;
-    const binary = vid ? await repo.readVersion<Binary>('Binary', id, vid) : await repo.readResource<Binary>('Binary', id);
-    const data = await repo.readBinaryData(binary);
-    const accept = request.headers.accept ?? '';
-    if (accept.includes('application/fhir+json')) {
-      return sendFhirResponse(request, reply, services, repo, [allOk, { ...binary, data: data.length ? data.toString('base64') : undefined }]);
-    }
-    if (binary.meta?.versionId) {
-      reply.header('ETag', `W/"${binary.meta.versionId}"`);
-    }
-    return sendRawContent(reply, binary.contentType, data);
+    const session = await authenticate(request, reply, services.auth);
+    return audited(services, session, request, async () => {
+      const repo = services.repo(session.context);
+      const { id, vid } = request.params;
+      const binary = vid ? await repo.readVersion<Binary>('Binary', id, vid) : await repo.readResource<Binary>('Binary', id);
+      const data = await repo.readBinaryData(binary);
+      const accept = request.headers.accept ?? '';
+      if (accept.includes('application/fhir+json')) {
+        return { repo, response: [allOk, { ...binary, data: data.length ? data.toString('base64') : undefined }] as FhirResponse };
+      }
+      if (binary.meta?.versionId) {
+        reply.header('ETag', `W/"${binary.meta.versionId}"`);
+      }
+      return { sent: sendRawContent(reply, binary.contentType, data) };
+    }, reply);
   };
   app.get(`${FHIR_PREFIX}/Binary/:id`, readBinary);
   app.get(`${FHIR_PREFIX}/Binary/:id/_history/:vid`, readBinary);

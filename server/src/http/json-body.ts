@@ -1,4 +1,8 @@
 import { badRequest, OperationOutcomeError } from '@medplum/core';
+import type { FastifyInstance } from 'fastify';
+
+/** application/json, application/fhir+json, application/json-patch+json and any other +json type. */
+export const JSON_TYPES = /^application\/([a-z0-9.+-]+\+)?json(-patch\+json)?$/;
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -18,4 +22,16 @@ export function parseJsonBody(body: Buffer): unknown {
   } catch (err) {
     throw new OperationOutcomeError(badRequest(`Invalid JSON: ${(err as Error).message}`));
   }
+}
+
+/** Replaces a plugin's body parsers by the strict JSON one, for every JSON media type. */
+export function useJsonBodies(app: FastifyInstance): void {
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser(JSON_TYPES, { parseAs: 'buffer' }, (_req, body, done) => {
+    try {
+      done(null, parseJsonBody(body as Buffer));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
 }

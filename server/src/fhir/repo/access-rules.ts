@@ -4,7 +4,8 @@ import type { AccessPolicy, AccessPolicyResource } from '@medplum/fhirtypes';
 
 export type Interaction = 'read' | 'vread' | 'search' | 'history' | 'create' | 'update' | 'delete';
 
-const READ_INTERACTIONS: readonly Interaction[] = ['read', 'vread', 'search', 'history'];
+export const READ_INTERACTIONS: readonly Interaction[] = ['read', 'vread', 'search', 'history'];
+export const ALL_INTERACTIONS: readonly Interaction[] = [...READ_INTERACTIONS, 'create', 'update', 'delete'];
 
 /** Which rows of a type an interaction may touch: all of them, none, or those matching any of these filter sets. */
 export type RowScope = { kind: 'all' } | { kind: 'none' } | { kind: 'criteria'; alternatives: Filter[][] };
@@ -19,8 +20,12 @@ export class AccessRules {
   private readonly entries: readonly AccessPolicyResource[];
   private readonly criteria = new Map<string, Filter[]>();
 
-  constructor(policy: AccessPolicy) {
+  private readonly protectedTypes: ReadonlySet<string>;
+
+  /** `protectedTypes` are not covered by `*` entries: only an entry naming the type reaches them. */
+  constructor(policy: AccessPolicy, protectedTypes: ReadonlySet<string> = new Set()) {
     this.entries = policy.resource ?? [];
+    this.protectedTypes = protectedTypes;
     for (const entry of this.entries) {
       if (entry.criteria) {
         this.criteria.set(entry.criteria, parseCriteria(entry.resourceType, entry.criteria));
@@ -61,7 +66,7 @@ export class AccessRules {
 
   private fieldList(resourceType: string, key: 'hiddenFields' | 'readonlyFields'): string[] {
     // A field hidden by every entry of the type is hidden; one entry that shows it is enough to show it.
-    const entries = this.entries.filter((e) => e.resourceType === resourceType || e.resourceType === '*');
+    const entries = this.entries.filter((e) => this.covers(e, resourceType));
     if (entries.length === 0) {
       return [];
     }
@@ -69,9 +74,13 @@ export class AccessRules {
     return first.filter((field) => rest.every((list) => list.includes(field)));
   }
 
+  private covers(entry: AccessPolicyResource, resourceType: string): boolean {
+    return entry.resourceType === resourceType || (entry.resourceType === '*' && !this.protectedTypes.has(resourceType));
+  }
+
   private matching(resourceType: string, interaction: Interaction): AccessPolicyResource[] {
     return this.entries.filter((entry) => {
-      if (entry.resourceType !== resourceType && entry.resourceType !== '*') {
+      if (!this.covers(entry, resourceType)) {
         return false;
       }
       if (entry.readonly && !READ_INTERACTIONS.includes(interaction)) {
