@@ -63,8 +63,9 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     await client.processCode(response.code);
     return client;
   };
-  const adminClient = await signIn(config.adminEmail, config.adminPassword as string, projectId);
-  const admin = { email: config.adminEmail, password: config.adminPassword as string, accessToken: adminClient.getAccessToken() as string };
+  const adminPassword = services.generatedAdminPassword ?? (config.adminPassword as string);
+  const adminClient = await signIn(config.adminEmail, adminPassword, projectId);
+  const admin = { email: config.adminEmail, password: adminPassword, accessToken: adminClient.getAccessToken() as string };
   return {
     baseUrl,
     fhirUrl,

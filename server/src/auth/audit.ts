@@ -21,6 +21,8 @@ export interface FhirAccess {
   url: string;
   status: number;
   remoteAddress: string;
+  /** The resource the response carried (`Type/id`), for creates whose URL does not name it. */
+  resource?: string;
 }
 
 export function auditVolume(project: Project | undefined, fallback: AuditVolume): AuditVolume {
@@ -62,7 +64,7 @@ export class AuditLog {
       outcome: access.status < 400 ? '0' : access.status < 500 ? '4' : '8',
       agent: [{ who: who as AuditEventAgent['who'], requestor: true, network: { address: access.remoteAddress, type: '2' } }],
       source: { observer: { display: this.observer } },
-      entity: entity ? [{ what: { reference: entity } }] : [{ query: Buffer.from(access.url).toString('base64') }],
+      entity: (entity ?? access.resource) ? [{ what: { reference: entity ?? access.resource } }] : [{ query: Buffer.from(access.url).toString('base64') }],
     });
   }
 

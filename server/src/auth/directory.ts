@@ -1,6 +1,6 @@
 import { Operator } from '@medplum/core';
 import type { WithId } from '@medplum/core';
-import type { ClientApplication, Project, ProjectMembership, Resource, User } from '@medplum/fhirtypes';
+import type { ClientApplication, Project, ProjectMembership, Reference, Resource, User } from '@medplum/fhirtypes';
 import type { Queryable } from '../db/pool.ts';
 import { PostgresRepository } from '../fhir/repo/postgres-repository.ts';
 import type { RepositoryContext, RepositoryServices } from '../fhir/repo/postgres-repository.ts';
@@ -30,12 +30,12 @@ export class Directory {
   }
 
   /** An unrestricted repository writing into the given project (reads see every project). */
-  repo(projectId: string = this.systemProjectId): PostgresRepository {
+  repo(projectId: string = this.systemProjectId, author: Reference = { reference: 'system' }): PostgresRepository {
     return new PostgresRepository(this.services, {
       projectId,
       readProjects: [projectId],
       allProjects: true,
-      author: { reference: 'system' },
+      author,
     });
   }
 
@@ -49,13 +49,14 @@ export class Directory {
     if (!/^[A-Za-z0-9\-.]{1,64}$/.test(id)) {
       return undefined;
     }
+    // Ids are unique per project. For a global lookup (a client id, a user id) the oldest resource
+    // wins, so that a project cannot take over or block another's client by reusing its id.
     const { rows } = await this.db.query<{ content: string; project_id: string }>(
       `SELECT content, project_id FROM resource WHERE resource_type = $1 AND id = $2 AND NOT deleted
-       ${projectId ? 'AND project_id = $3' : ''} LIMIT 2`,
+       ${projectId ? 'AND project_id = $3' : ''} ORDER BY rid LIMIT 1`,
       projectId ? [resourceType, id, projectId] : [resourceType, id]
     );
-    // The same id in two projects is ambiguous for a global lookup (clients, users): refuse it.
-    if (rows.length !== 1) {
+    if (rows.length === 0) {
       return undefined;
     }
     return { resource: JSON.parse(rows[0].content) as WithId<T>, projectId: rows[0].project_id };
@@ -74,12 +75,17 @@ export class Directory {
     return users.find((u) => u.email?.toLowerCase() === email.trim().toLowerCase());
   }
 
+  /**
+   * The user's memberships. Only those stored in the project they name count: a project admin can
+   * write a ProjectMembership naming any project, but it lives in the admin's own project.
+   */
   async membershipsOfUser(userId: string): Promise<WithId<ProjectMembership>[]> {
-    return this.repo().searchResources<ProjectMembership>({
+    const found = await this.repo().searchResources<ProjectMembership>({
       resourceType: 'ProjectMembership',
       filters: [{ code: 'user', operator: Operator.EQUALS, value: `User/${userId}` }],
       count: 1000,
     });
+    return found.filter((m) => m.meta?.project && m.project?.reference === `Project/${m.meta.project}`);
   }
 
   /** The membership that gives a client application (or bot) its place and policy in its project. */
@@ -89,7 +95,7 @@ export class Directory {
       filters: [{ code: 'profile', operator: Operator.EQUALS, value: profile }],
       count: 1000,
     });
-    return found.find((m) => (this.projectOf(m) ?? projectId) === projectId);
+    return found.find((m) => m.meta?.project === projectId && m.project?.reference === `Project/${projectId}`);
   }
 
   async client(id: string): Promise<Located<ClientApplication> | undefined> {
@@ -107,9 +113,5 @@ export class Directory {
        ON CONFLICT (user_id) DO UPDATE SET password_hash = $2, updated = now()`,
       [userId, hash]
     );
-  }
-
-  private projectOf(resource: Resource): string | undefined {
-    return resource.meta?.project;
   }
 }

@@ -51,6 +51,22 @@ export function buildCapabilityStatement(overlay: DefinitionsOverlay, baseUrl: s
     rest: [
       {
         mode: 'server',
+        // SMART App Launch: where the OAuth endpoints are (clients that do not read .well-known look here).
+        security: {
+          cors: true,
+          service: [{ coding: [{ system: 'http://terminology.hl7.org/CodeSystem/restful-security-service', code: 'SMART-on-FHIR' }] }],
+          extension: [
+            {
+              url: 'http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris',
+              extension: [
+                { url: 'authorize', valueUri: `${baseUrl}oauth2/authorize` },
+                { url: 'token', valueUri: `${baseUrl}oauth2/token` },
+                { url: 'introspect', valueUri: `${baseUrl}oauth2/introspect` },
+                { url: 'revoke', valueUri: `${baseUrl}oauth2/revoke` },
+              ],
+            },
+          ],
+        },
         resource,
         interaction: [{ code: 'transaction' }, { code: 'batch' }, { code: 'search-system' }, { code: 'history-system' }],
         operation: [{ name: 'versions', definition: 'http://hl7.org/fhir/OperationDefinition/CapabilityStatement-versions' }],

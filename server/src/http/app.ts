@@ -122,9 +122,14 @@ async function audited(
   reply: FastifyReply
 ): Promise<FastifyReply> {
   let status = 500;
+  let resource: string | undefined;
   try {
     const result = await run();
     if (!('sent' in result)) {
+      const body = result.response[1];
+      if (body?.id && body.resourceType !== 'Bundle' && body.resourceType !== 'OperationOutcome') {
+        resource = `${body.resourceType}/${body.id}`;
+      }
       await sendFhirResponse(request, reply, services, result.repo, result.response);
     }
     status = reply.statusCode;
@@ -138,6 +143,7 @@ async function audited(
       url: request.url.slice(FHIR_PREFIX.length) || '/',
       status,
       remoteAddress: request.ip,
+      resource,
     });
   }
 }

@@ -8,6 +8,7 @@ import { hashPassword, passwordProblem } from '../passwords.ts';
 import type { AuthServices } from '../service.ts';
 import { useJsonBodies } from '../../http/json-body.ts';
 import type { AuthSession } from '../sessions.ts';
+import type { PostgresRepository } from '../../fhir/repo/postgres-repository.ts';
 
 type Body = Record<string, unknown>;
 const PROFILE_TYPES = new Set(['Practitioner', 'Patient', 'RelatedPerson']);
@@ -34,7 +35,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
   };
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/invite', async (request, reply) => {
-    await asAdmin(request, reply);
+    const session = await asAdmin(request, reply);
     const { projectId } = request.params;
     const body = objectBody(request);
     const resourceType = str(body, 'resourceType') ?? 'Practitioner';
@@ -49,21 +50,22 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
       throw new OperationOutcomeError(badRequest(passwordProblem(password) as string, 'password'));
     }
     let user = await auth.directory.userByEmail(email);
-    if (!user) {
-      user = await auth.directory.repo().createResource<User>({ resourceType: 'User', firstName, lastName, email });
+    if (user && password !== undefined) {
+      // A password is set only for an account this invite creates: an admin of one project must
+      // never be able to take over an account that also belongs to other projects.
+      throw new OperationOutcomeError(badRequest('This email already has an account; invite it without a password', 'password'));
     }
-    if (password !== undefined) {
-      if (await auth.directory.passwordHash(user.id)) {
-        // Never let a project admin reset the password of an account that already has one.
-        throw new OperationOutcomeError(badRequest('This user already has a password', 'password'));
+    if (!user) {
+      user = await auth.directory.repo(undefined, session.profile).createResource<User>({ resourceType: 'User', firstName, lastName, email });
+      if (password !== undefined) {
+        await auth.directory.setPasswordHash(user.id, await hashPassword(password));
       }
-      await auth.directory.setPasswordHash(user.id, await hashPassword(password));
     }
     const existing = (await auth.directory.membershipsOfUser(user.id)).find((m) => m.project?.reference === `Project/${projectId}`);
     if (existing) {
       throw new OperationOutcomeError(badRequest('User is already a member of this project', 'email'));
     }
-    const repo = auth.directory.repo(projectId);
+    const repo = auth.directory.repo(projectId, session.profile);
     const profile = await repo.createResource({
       resourceType: resourceType as 'Practitioner',
       name: [{ given: [firstName], family: lastName }],
@@ -82,11 +84,11 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
   });
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/bot', async (request, reply) => {
-    await asAdmin(request, reply);
+    const session = await asAdmin(request, reply);
     const { projectId } = request.params;
     const body = objectBody(request);
     const name = str(body, 'name', true) as string;
-    const repo = auth.directory.repo(projectId);
+    const repo = auth.directory.repo(projectId, session.profile);
     const source = await repo.createResource<Binary>({
       resourceType: 'Binary',
       contentType: 'application/typescript',
@@ -99,12 +101,12 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
       runtimeVersion: (str(body, 'runtimeVersion') as Bot['runtimeVersion']) ?? 'vmcontext',
       sourceCode: { contentType: 'application/typescript', title: 'index.ts', url: `Binary/${source.id}` },
     });
-    await membershipFor(auth, projectId, `Bot/${bot.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
+    await membershipFor(repo, projectId, `Bot/${bot.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
     return reply.status(201).send(await repo.readResource<Bot>('Bot', bot.id));
   });
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/client', async (request, reply) => {
-    await asAdmin(request, reply);
+    const session = await asAdmin(request, reply);
     const { projectId } = request.params;
     const body = objectBody(request);
     const name = str(body, 'name', true) as string;
@@ -112,7 +114,8 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
     if (!redirectUris.every((u) => typeof u === 'string' && URL.canParse(u))) {
       throw new OperationOutcomeError(badRequest('redirectUris must be absolute URLs', 'redirectUris'));
     }
-    const client = await auth.directory.repo(projectId).createResource<ClientApplication>({
+    const repo = auth.directory.repo(projectId, session.profile);
+    const client = await repo.createResource<ClientApplication>({
       resourceType: 'ClientApplication',
       name,
       description: str(body, 'description'),
@@ -122,7 +125,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
       pkceOptional: body.pkceOptional === true ? true : undefined,
       accessTokenLifetime: str(body, 'accessTokenLifetime'),
     });
-    await membershipFor(auth, projectId, `ClientApplication/${client.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
+    await membershipFor(repo, projectId, `ClientApplication/${client.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
     return reply.status(201).send(client);
   });
 
@@ -139,13 +142,13 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
 }
 
 async function membershipFor(
-  auth: AuthServices,
+  repo: PostgresRepository,
   projectId: string,
   profile: string,
   display: string,
   accessPolicy: Reference<AccessPolicy> | undefined
 ): Promise<WithId<ProjectMembership>> {
-  return auth.directory.repo(projectId).createResource<ProjectMembership>({
+  return repo.createResource<ProjectMembership>({
     resourceType: 'ProjectMembership',
     project: { reference: `Project/${projectId}` },
     user: { reference: profile, display },
