@@ -185,6 +185,15 @@ export class LoginStore {
     await this.db.query('UPDATE login SET scope = $2 WHERE id = $1 AND NOT granted', [id, scope]);
   }
 
+  /** The patient picked on the login page; only once, so nobody holding the code can switch it later. */
+  async choosePatient(id: string, patientId: string): Promise<boolean> {
+    const { rowCount } = await this.db.query(
+      'UPDATE login SET patient_id = $2 WHERE id = $1 AND patient_id IS NULL AND NOT granted AND NOT revoked',
+      [id, patientId]
+    );
+    return rowCount === 1;
+  }
+
   async setLaunchContext(id: string, patientId: string | null, encounterId: string | null): Promise<void> {
     await this.db.query('UPDATE login SET patient_id = $2, encounter_id = $3 WHERE id = $1 AND NOT granted', [id, patientId, encounterId]);
   }

@@ -18,6 +18,7 @@ export interface TokenResponse {
   refresh_token?: string;
   project: Reference;
   profile: Reference;
+  fhirUser: string;
   patient?: string;
   encounter?: string;
   need_patient_banner?: boolean;
@@ -86,6 +87,7 @@ export class TokenIssuer {
       access_token: accessToken,
       project: { reference: `Project/${subject.projectId}` },
       profile,
+      fhirUser: this.fhirBaseUrl + profile.reference,
     };
     if (scopes.includes('openid')) {
       response.id_token = await this.keys.sign(

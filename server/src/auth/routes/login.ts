@@ -251,7 +251,9 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
     const session = await auth.sessions.fromLogin(login, 'openid');
     // Only a patient this user may read can become the launch context.
     await auth.directory.repoFor(session.context).readResource<Patient>('Patient', patientId);
-    await auth.logins.setLaunchContext(login.id, patientId, login.encounterId);
+    if (!(await auth.logins.choosePatient(login.id, patientId))) {
+      throw new OperationOutcomeError(badRequest('A patient has already been chosen for this sign-in', 'patient'));
+    }
     return { ok: true };
   });
 }
