@@ -76,6 +76,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       projects,
       redis
     );
+    base.onWrite = (resourceType) => auth.sessions.resourceWritten(resourceType);
     return {
       ...base,
       config,

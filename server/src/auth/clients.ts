@@ -135,20 +135,21 @@ export class Clients {
       keySet = createRemoteJWKSet(new URL(jwksUri));
       this.jwks.set(jwksUri, keySet);
     }
+    let payload;
     try {
-      const { payload } = await jwtVerify(assertion, keySet, {
+      ({ payload } = await jwtVerify(assertion, keySet, {
         audience: this.tokenUrl,
         issuer: clientId,
         subject: clientId,
         algorithms: ASSERTION_ALGS,
         requiredClaims: ['exp', 'jti'],
         maxTokenAge: '5 minutes',
-      });
-      if (!payload.exp) {
-        throw new Error('exp required');
-      }
+      }));
     } catch {
       throw new OAuthError('invalid_client', 'Invalid client_assertion', 401);
+    }
+    if (!(await this.directory.recordAssertion(clientId, String(payload.jti), new Date((payload.exp as number) * 1000)))) {
+      throw new OAuthError('invalid_client', 'client_assertion already used', 401);
     }
     return { clientId, method: 'private_key_jwt', client: record };
   }

@@ -102,6 +102,16 @@ export class Directory {
     return this.find<ClientApplication>('ClientApplication', id);
   }
 
+  /** Records a client assertion's jti; false when it was seen before (a replay). */
+  async recordAssertion(clientId: string, jti: string, expires: Date): Promise<boolean> {
+    await this.db.query('DELETE FROM client_assertion WHERE expires < now()');
+    const { rowCount } = await this.db.query(
+      'INSERT INTO client_assertion (client_id, jti, expires) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
+      [clientId, jti, expires]
+    );
+    return rowCount === 1;
+  }
+
   async passwordHash(userId: string): Promise<string | undefined> {
     const { rows } = await this.db.query<{ password_hash: string }>('SELECT password_hash FROM user_credential WHERE user_id = $1', [userId]);
     return rows[0]?.password_hash;

@@ -55,18 +55,25 @@ export function isSubsetOf(requested: string | undefined, granted: string): bool
   return splitScope(requested).every((s) => allowed.has(s));
 }
 
+/** Whether a scope string holds any SMART resource scope. */
+export function hasResourceScopes(scope: string): boolean {
+  return splitScope(scope).some((s) => parseResourceScope(s) !== undefined);
+}
+
 /**
  * Intersects an access policy with SMART resource scopes. Without resource scopes the policy
- * stands as it is (a plain `openid` sign-in). Each policy entry is kept for the types a scope
- * names, with the interactions both allow and both criteria; `patient/` scopes also confine
- * the entry to the launch patient's compartment (none at all without a patient).
+ * stands as it is (a plain `openid` sign-in) — unless the grant had some (`grant`: the login's
+ * scope): a token narrowed on refresh to no resource scope gets no resource at all. Each policy
+ * entry is kept for the types a scope names, with the interactions both allow and both criteria;
+ * `patient/` scopes also confine the entry to the launch patient's compartment (none at all
+ * without a patient).
  */
-export function applyScopes(policy: AccessPolicy, scope: string, patientId: string | undefined): AccessPolicy {
+export function applyScopes(policy: AccessPolicy, scope: string, patientId: string | undefined, grant: string = scope): AccessPolicy {
   const scopes = splitScope(scope)
     .map(parseResourceScope)
     .filter((s): s is ResourceScope => s !== undefined);
   if (scopes.length === 0) {
-    return policy;
+    return hasResourceScopes(grant) ? { ...policy, resource: [] } : policy;
   }
   const resource: AccessPolicyResource[] = [];
   for (const entry of policy.resource ?? []) {

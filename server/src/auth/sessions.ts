@@ -27,11 +27,23 @@ export interface AuthSession {
   admin: boolean;
 }
 
-/** Builds sessions from logins and verifies bearer tokens. */
+/** Types whose changes alter sessions: cached sessions are dropped when one is written on this node. */
+const SESSION_TYPES = new Set(['Project', 'ProjectMembership', 'AccessPolicy', 'ClientApplication', 'User']);
+/** How long another node's change to those types may take to reach this node's cached sessions. */
+const CACHE_TTL_MS = 5000;
+const CACHE_MAX = 10_000;
+
+type CachedSession = Omit<AuthSession, 'login'>;
+
+/**
+ * Builds sessions from logins and verifies bearer tokens. The login row is read on every request
+ * (logout and revocation act at once everywhere); what a membership grants is cached briefly.
+ */
 export class Sessions {
   private readonly directory: Directory;
   private readonly logins: LoginStore;
   private readonly keys: SigningKeys;
+  private cache = new Map<string, { session: CachedSession; expires: number }>();
 
   constructor(directory: Directory, logins: LoginStore, keys: SigningKeys) {
     this.directory = directory;
@@ -62,11 +74,29 @@ export class Sessions {
     if (!login.membershipId || !login.projectId) {
       throw new OperationOutcomeError(unauthorized);
     }
+    const key = [login.membershipId, login.projectId, login.clientId, login.patientId, login.scope, scope].join('\0');
+    const cached = this.cache.get(key);
+    if (cached && cached.expires > Date.now()) {
+      return { ...cached.session, login };
+    }
     const membership = (await this.directory.find<ProjectMembership>('ProjectMembership', login.membershipId, login.projectId))?.resource;
     if (!membership || membership.active === false) {
       throw new OperationOutcomeError(unauthorized);
     }
-    return this.fromMembership(membership, login.projectId, { login, scope, clientId: login.clientId ?? undefined });
+    const session = await this.fromMembership(membership, login.projectId, { login, scope, clientId: login.clientId ?? undefined });
+    if (this.cache.size >= CACHE_MAX) {
+      this.cache.clear();
+    }
+    const { login: _login, ...rest } = session;
+    this.cache.set(key, { session: rest, expires: Date.now() + CACHE_TTL_MS });
+    return session;
+  }
+
+  /** Called for every resource written on this node. */
+  resourceWritten(resourceType: string): void {
+    if (SESSION_TYPES.has(resourceType)) {
+      this.cache.clear();
+    }
   }
 
   /** A session for a membership; used for logins and for client Basic authentication. */
@@ -93,7 +123,7 @@ export class Sessions {
           policies.set(id, found.resource);
         }
       }
-      accessPolicy = applyScopes(buildAccessPolicy({ membership, projectId, policies }), options.scope, patientId);
+      accessPolicy = applyScopes(buildAccessPolicy({ membership, projectId, policies }), options.scope, patientId, options.login?.scope);
     }
     const context: RepositoryContext = {
       projectId,

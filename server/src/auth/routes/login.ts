@@ -234,7 +234,7 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
   app.post('/auth/patients', async (request) => {
     const body = jsonBody(request);
     const login = await loginByCode(auth, requireString(body, 'code'));
-    const session = await auth.sessions.fromLogin(login, 'openid');
+    const session = await userSession(auth, login);
     const name = optionalString(body, 'name');
     return auth.directory.repoFor(session.context).search<Patient>({
       resourceType: 'Patient',
@@ -248,7 +248,7 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
     const body = jsonBody(request);
     const login = await loginByCode(auth, requireString(body, 'code'));
     const patientId = requireString(body, 'patient');
-    const session = await auth.sessions.fromLogin(login, 'openid');
+    const session = await userSession(auth, login);
     // Only a patient this user may read can become the launch context.
     await auth.directory.repoFor(session.context).readResource<Patient>('Patient', patientId);
     if (!(await auth.logins.choosePatient(login.id, patientId))) {
@@ -256,6 +256,11 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
     }
     return { ok: true };
   });
+}
+
+/** The user's own access (policy, no SMART scopes): what the patient picker may list and bind. */
+function userSession(auth: AuthServices, login: Login): ReturnType<AuthServices['sessions']['fromLogin']> {
+  return auth.sessions.fromLogin({ ...login, scope: 'openid' }, 'openid');
 }
 
 function jsonBody(request: FastifyRequest): Body {

@@ -56,3 +56,11 @@ CREATE TABLE authorize_request (
   redirect_uri   text        NOT NULL,
   created        timestamptz NOT NULL DEFAULT now()
 );
+
+-- private_key_jwt client assertions seen, so that each is used once (OpenID Connect Core §9).
+CREATE TABLE client_assertion (
+  client_id text        NOT NULL,
+  jti       text        NOT NULL,
+  expires   timestamptz NOT NULL,
+  PRIMARY KEY (client_id, jti)
+);

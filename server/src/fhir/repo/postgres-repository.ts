@@ -71,6 +71,8 @@ export interface RepositoryServices {
   attachments: AttachmentUrls;
   bindings: RequiredBindings;
   baseUrl: string;
+  /** Told the type of every resource written (auth drops cached sessions when policies change). */
+  onWrite?: (resourceType: string) => void;
 }
 
 /** Who is asking, and which data they may touch (filled from the login by auth). */
@@ -169,6 +171,7 @@ export class PostgresRepository extends FhirRepository {
     } else {
       await insert(this);
     }
+    this.services.onWrite?.(resource.resourceType);
     return this.present(prepared.resource as WithId<T>);
   }
 
@@ -210,6 +213,7 @@ export class PostgresRepository extends FhirRepository {
       await updateResourceRow(tx.db, current.rid, prepared.row, prepared.index);
       // A write may not move the resource out of what the writer may update.
       await tx.requireWithinPolicy(resource.resourceType, resource.id as string, 'update');
+      this.services.onWrite?.(resource.resourceType);
       return { resource: tx.present(prepared.resource as WithId<T>), created: false };
     });
   }
@@ -286,6 +290,7 @@ export class PostgresRepository extends FhirRepository {
         versionId: randomUUID(),
         lastUpdated: new Date().toISOString(),
       });
+      this.services.onWrite?.(resourceType);
     });
   }
 
