@@ -5,6 +5,7 @@
  * FHIR limited to that patient. Drives Debian's Chromium (`chromium` on PATH) with playwright-core.
  */
 import type { Bundle, ClientApplication, Observation, OperationOutcome, Patient, ProjectMembership } from '@medplum/fhirtypes';
+import { createHash, randomBytes } from 'node:crypto';
 import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { useTestServer } from '../../server/test/harness.ts';
@@ -177,5 +178,48 @@ describe('SMART standalone launch in Chromium', () => {
     } else {
       expect([403, 404], JSON.stringify(otherSearch)).toContain(otherSearch?.status);
     }
+  });
+
+  test('the login page never sends a code to a redirect_uri other than the authorized one', { timeout: 60_000 }, async () => {
+    // An attacker starts a genuine authorization (their own PKCE verifier, the client's registered
+    // redirect_uri), then lures the user to the login page with the redirect_uri swapped for theirs.
+    const ermisOrigin = new URL(t.server.baseUrl).origin;
+    const challenge = createHash('sha256').update(randomBytes(32).toString('base64url')).digest('base64url');
+    const authorize = new URL(`${t.server.baseUrl}oauth2/authorize`);
+    for (const [key, value] of Object.entries({
+      response_type: 'code',
+      client_id: clientId,
+      redirect_uri: smartApp.redirectUri,
+      scope: 'openid fhirUser patient/*.rs',
+      state: 'attacker-state',
+      code_challenge: challenge,
+      code_challenge_method: 'S256',
+    })) {
+      authorize.searchParams.set(key, value);
+    }
+    const response = await fetch(authorize, { redirect: 'manual' });
+    expect(response.status).toBe(302);
+    const loginPage = new URL(response.headers.get('location') as string, t.server.baseUrl);
+    expect(loginPage.pathname).toBe('/oauth');
+    const stolen = `${smartApp.origin}/stolen.html`;
+    loginPage.searchParams.set('redirect_uri', stolen);
+
+    const page = await browser.newPage();
+    const log = recordTraffic(page, ermisOrigin);
+    await page.goto(loginPage.toString());
+    await page.getByLabel('Email').fill(practitioner.email);
+    await page.getByRole('button', { name: 'Continue' }).click();
+    await page.getByLabel(/^Password/).fill(practitioner.password);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    // Either the sign-in is refused on the page, or the browser leaves for the swapped URI.
+    await Promise.race([
+      page.getByRole('alert').first().waitFor({ timeout: 20_000 }),
+      page.waitForURL((url) => url.origin === smartApp.origin, { timeout: 20_000 }),
+    ]).catch(() => undefined);
+    await log.settled();
+    const leaked = log.navigations.filter((url) => url.startsWith(stolen));
+    expect(leaked, `the login page sent the code to ${stolen}:\n${log.describe()}`).toEqual([]);
+    await expect.poll(() => page.getByRole('alert').count()).toBeGreaterThan(0);
+    await page.close();
   });
 });

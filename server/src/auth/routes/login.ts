@@ -13,6 +13,7 @@ import type {
 } from '@medplum/fhirtypes';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { authenticate, remoteAddress } from '../authenticate.ts';
+import { redirectUris } from '../clients.ts';
 import type { Login } from '../logins.ts';
 import { hashPassword, passwordProblem, verifyPassword } from '../passwords.ts';
 import { unknownScopes } from '../scopes.ts';
@@ -40,6 +41,18 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
     if (clientId && !client) {
       throw new OperationOutcomeError(badRequest('Unknown clientId', 'clientId'));
     }
+    const codeChallenge = optionalString(body, 'codeChallenge');
+    // The login page sends the browser to redirectUri with the code: it must be the URI
+    // /oauth2/authorize validated for this flow (or, without one, a URI the client registered).
+    const redirectUri = optionalString(body, 'redirectUri');
+    const authorizedRedirect = codeChallenge && clientId ? await auth.logins.authorizedRedirectUri(codeChallenge, clientId) : undefined;
+    if (client && redirectUri !== undefined) {
+      const allowed = authorizedRedirect ? [authorizedRedirect] : redirectUris(client.client);
+      if (!allowed.includes(redirectUri)) {
+        // No expression: SignInForm shows only issues without one on its password step.
+        throw new OperationOutcomeError(badRequest('redirect_uri does not match the authorization request'));
+      }
+    }
     const address = remoteAddress(request);
     await auth.rateLimits.checkLogin(`account:${email}`, `address:${address}`);
     const user = await auth.directory.userByEmail(email);
@@ -50,7 +63,6 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
       throw new OperationOutcomeError(badRequest('Email or password is invalid'));
     }
     await auth.rateLimits.succeededLogin(`account:${email}`);
-    const codeChallenge = optionalString(body, 'codeChallenge');
     const login = await auth.logins.create({
       userId: user.id,
       clientId,
@@ -59,7 +71,7 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
       nonce: optionalString(body, 'nonce'),
       codeChallenge,
       codeChallengeMethod: optionalString(body, 'codeChallengeMethod') ?? (codeChallenge ? 'plain' : undefined),
-      redirectUri: codeChallenge && clientId ? await auth.logins.authorizedRedirectUri(codeChallenge, clientId) : undefined,
+      redirectUri: authorizedRedirect,
       launchId: optionalString(body, 'launch'),
       remoteAddress: address,
       userAgent: request.headers['user-agent'],

@@ -242,6 +242,11 @@ function verifyPkce(login: Login, verifier: string | undefined, client: ClientAp
     return;
   }
   if (!verifier) {
+    // A PKCE-optional client (the medplum CLI) may redeem without one even when the login page
+    // added a challenge of its own, as with Medplum's server.
+    if (client?.pkceOptional) {
+      return;
+    }
     throw new OAuthError('invalid_grant', 'Missing code_verifier');
   }
   if (!VERIFIER_RE.test(verifier)) {
