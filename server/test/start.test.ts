@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { MedplumClient } from '@medplum/core';
 import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -52,4 +53,10 @@ test('with no DATABASE_URL the server starts embedded Postgres and serves /metad
   // the data stays under DATA_DIR
   const health = (await (await fetch(`http://127.0.0.1:${port}/healthcheck`)).json()) as { postgres: boolean };
   expect(health.postgres).toBe(true);
+  // the first start prints the generated admin password once; it signs in
+  const printed = /First start: admin sign-in (\S+) \/ (\S+)/.exec(output);
+  expect(printed, output).not.toBeNull();
+  const medplum = new MedplumClient({ baseUrl: `http://127.0.0.1:${port}/` });
+  const login = await medplum.startLogin({ email: printed?.[1] as string, password: printed?.[2] as string });
+  expect(login.memberships ?? login.code).toBeDefined();
 }, 90_000);
