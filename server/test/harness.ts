@@ -1,4 +1,5 @@
-import { MedplumClient } from '@medplum/core';
+import { ClientStorage, MedplumClient, MemoryStorage } from '@medplum/core';
+import { createHash, randomBytes } from 'node:crypto';
 import type { FastifyInstance } from 'fastify';
 import { createServer } from 'node:net';
 import { afterAll, beforeAll, inject } from 'vitest';
@@ -55,8 +56,18 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
   const projectId = services.auth.firstProjectId;
   const anonymous = (): MedplumClient => new MedplumClient({ baseUrl, fetch: (url: string, init: RequestInit) => fetch(url, init) });
   const signIn = async (email: string, password: string, project?: string): Promise<MedplumClient> => {
-    const client = anonymous();
-    const response = await client.startLogin({ email, password, projectId: project });
+    // S256 as in a browser: MedplumClient's own PKCE falls back to 'plain' in Node (it needs window.btoa).
+    const storage = new ClientStorage(new MemoryStorage());
+    const verifier = randomBytes(32).toString('base64url');
+    storage.setString('codeVerifier', verifier);
+    const client = new MedplumClient({ baseUrl, storage, fetch: (url: string, init: RequestInit) => fetch(url, init) });
+    const response = await client.startLogin({
+      email,
+      password,
+      projectId: project,
+      codeChallenge: createHash('sha256').update(verifier).digest('base64url'),
+      codeChallengeMethod: 'S256',
+    });
     if (!response.code) {
       throw new Error(`sign-in of ${email} did not end with a code: ${JSON.stringify(response)}`);
     }

@@ -818,11 +818,23 @@ describe('refresh tokens', () => {
     expectOAuthError(await token(t.server, { grant_type: 'refresh_token', refresh_token: first.body.refresh_token }), 400, 'invalid_grant');
   });
 
-  test('a confidential client must authenticate to refresh; another client may not use the token', async () => {
+  test('a login bound by PKCE refreshes with the client id alone (as a browser app does); another client may not use the token', async () => {
     const tokens = await signInTokens(t.server, user, 'openid offline_access', clientA);
-    expectOAuthError(await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: clientA.id }), 401, 'invalid_client');
     expectOAuthError(await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, basic(clientB.id, clientB.secret)), 400, 'invalid_grant');
-    const ok = await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token }, basic(clientA.id, clientA.secret));
+    expectOAuthError(await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: clientB.id }), 400, 'invalid_grant');
+    const ok = await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.refresh_token, client_id: clientA.id });
+    expect(ok.status, ok.text).toBe(200);
+    const again = await token(t.server, { grant_type: 'refresh_token', refresh_token: ok.body.refresh_token }, basic(clientA.id, clientA.secret));
+    expect(again.status, again.text).toBe(200);
+  });
+
+  test('a confidential client whose login had no PKCE must authenticate to refresh', async () => {
+    const lenient = await createClient(t.server, { redirectUris: [REDIRECT], pkceOptional: true });
+    const flow = await codeFor(t.server, user, { client: lenient, authorize: false, method: 'none', scope: 'openid offline_access' });
+    const tokens = await redeem(t.server, flow, lenient, {}, basic(lenient.id, lenient.secret));
+    expect(tokens.status, tokens.text).toBe(200);
+    expectOAuthError(await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.body.refresh_token, client_id: lenient.id }), 401, 'invalid_client');
+    const ok = await token(t.server, { grant_type: 'refresh_token', refresh_token: tokens.body.refresh_token }, basic(lenient.id, lenient.secret));
     expect(ok.status, ok.text).toBe(200);
   });
 

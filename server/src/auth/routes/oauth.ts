@@ -13,11 +13,14 @@ import type { AuthServices } from '../service.ts';
 import { wantsRefreshToken } from '../tokens.ts';
 import type { TokenResponse } from '../tokens.ts';
 import { parseForm } from './form.ts';
+import { useJsonBodies } from '../../http/json-body.ts';
 
 const VERIFIER_RE = /^[A-Za-z0-9\-._~]{43,128}$/;
 
 /** OAuth 2.0 / OpenID Connect endpoints under /oauth2 (RFC 6749, 7009, 7636, 7662; SMART App Launch 2). */
 export async function oauthRoutes(app: FastifyInstance, auth: AuthServices): Promise<void> {
+  // JSON too: MedplumClient.signOut() posts `{}` as application/fhir+json to /oauth2/logout.
+  useJsonBodies(app);
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     try {
       done(null, parseForm(body as string));
@@ -350,7 +353,10 @@ async function refreshTokenGrant(auth: AuthServices, form: Record<string, string
     throw new OAuthError('invalid_grant', 'The refresh token was issued to another client');
   }
   const record = creds.client ?? (await auth.clients.find(login.clientId ?? undefined));
-  if ((record?.client.secret || record?.client.jwksUri) && creds.method === 'none') {
+  // A login whose code was bound by PKCE was started by the client acting as a public one (a
+  // browser app holding only its client id): it refreshes the same way, as with Medplum. The
+  // refresh token itself is rotated and single-use either way.
+  if ((record?.client.secret || record?.client.jwksUri) && creds.method === 'none' && !login.codeChallenge) {
     throw new OAuthError('invalid_client', 'Client authentication is required', 401);
   }
   const scope = form.scope ?? login.scope;
