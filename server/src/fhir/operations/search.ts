@@ -168,8 +168,11 @@ export async function patientEverything(req: FhirRequest, repo: PostgresReposito
     return Array.isArray(v) ? v[0] : v;
   };
   const compartmentTypes = [...patientCompartmentParams().keys()];
-  // The patient's record, not the server's access log about it: AuditEvents only when asked for by _type.
-  const wanted = single('_type')?.split(',') ?? compartmentTypes.filter((t) => t !== 'AuditEvent');
+  // The patient's record, not the server's access log about it: AuditEvents only when asked for by
+  // _type. Without _type, the types the caller may search (a restricted policy still gets its part).
+  const access = repo.context.access;
+  const wanted =
+    single('_type')?.split(',') ?? compartmentTypes.filter((t) => t !== 'AuditEvent' && (!access || access.allows(t, 'search')));
   const types = wanted.filter((t) => compartmentTypes.includes(t)) as ResourceType[];
   if (types.length === 0) {
     throw new OperationOutcomeError(badRequest('No compartment types in _type', '_type'));
