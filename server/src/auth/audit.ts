@@ -112,14 +112,33 @@ export class AuditLog {
       return;
     }
     this.flushing = (async () => {
+      // One transaction per project and batch (one commit instead of one per event); if it fails,
+      // the events are written one by one so that one bad event does not lose the others.
+      const byProject = new Map<string, AuditEvent[]>();
       for (const { projectId, event } of batch) {
-        await this.directory
-          .repo(projectId)
-          .createResource(event)
-          .catch((err: unknown) => {
+        byProject.set(projectId, [...(byProject.get(projectId) ?? []), event]);
+      }
+      for (const [projectId, events] of byProject) {
+        const repo = this.directory.repo(projectId);
+        const together = await repo
+          .withTransaction(async (tx) => {
+            for (const event of events) {
+              await tx.createResource(event);
+            }
+          })
+          .then(
+            () => true,
+            () => false
+          );
+        if (together) {
+          continue;
+        }
+        for (const event of events) {
+          await repo.createResource(event).catch((err: unknown) => {
             this.dropped++;
             process.emitWarning(`AuditEvent not written: ${(err as Error).message}`);
           });
+        }
       }
     })();
     try {
