@@ -48,7 +48,7 @@ export async function adminAuthorization(services: ServerServices): Promise<stri
   }
   const login = await auth.logins.create({ userId: user.id, membershipId: membership.id, projectId: auth.firstProjectId, authMethod: 'password', scope: 'openid', granted: true });
   const session = await auth.sessions.fromLogin(login);
-  const tokens = await auth.tokens.issue({ login, profile: session.profile, projectId: auth.firstProjectId, scope: 'openid' }, null);
+  const tokens = await auth.tokens.issue({ login, profile: session.profile, project: { reference: `Project/${auth.firstProjectId}` }, scope: 'openid' }, null);
   return `Bearer ${tokens.access_token}`;
 }
 

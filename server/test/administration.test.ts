@@ -138,6 +138,25 @@ describe('admin API', () => {
   });
 });
 
+describe('passwords', () => {
+  test('changepassword needs the old password and a good new one; the old one stops working', async () => {
+    const email = `${unique('pw')}@example.com`;
+    await t.medplum.invite(t.server.projectId, { resourceType: 'Practitioner', firstName: 'P', lastName: 'W', email, password: 'first-password-1' });
+    const user = await t.server.signIn(email, 'first-password-1');
+    await expect(user.post('auth/changepassword', { oldPassword: 'wrong-password-1', newPassword: 'second-password-2' })).rejects.toThrow('Incorrect password');
+    await expect(user.post('auth/changepassword', { oldPassword: 'first-password-1', newPassword: 'short' })).rejects.toThrow('at least 8');
+    await expect(user.post('auth/changepassword', { oldPassword: 'first-password-1' })).rejects.toThrow('Missing newPassword');
+    await user.post('auth/changepassword', { oldPassword: 'first-password-1', newPassword: 'second-password-2' });
+    await expect(t.server.signIn(email, 'first-password-1')).rejects.toThrow('Email or password is invalid');
+    expect((await t.server.signIn(email, 'second-password-2')).getProfile()?.resourceType).toBe('Practitioner');
+    // client sessions have no password
+    const client = (await t.medplum.post(`admin/projects/${t.server.projectId}/client`, { name: 'no password' })) as ClientApplication;
+    const app = t.server.anonymous();
+    await app.startClientLogin(client.id as string, client.secret as string);
+    await expect(app.post('auth/changepassword', { oldPassword: 'x', newPassword: 'second-password-2' })).rejects.toThrow('Only users have passwords');
+  });
+});
+
 describe('registration', () => {
   test('switched off by default: /auth/newuser and /auth/newproject answer 403', async () => {
     for (const path of ['auth/newuser', 'auth/newproject']) {

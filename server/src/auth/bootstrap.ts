@@ -49,9 +49,9 @@ export async function bootstrap(services: RepositoryServices, options: Bootstrap
       user.id,
       await hashPassword(options.adminPassword ?? (generatedPassword as string)),
     ]);
-    for (const [repo, projectId] of [
-      [system, systemProjectId],
-      [first, firstProjectId],
+    for (const [repo, projectId, projectName] of [
+      [system, systemProjectId, 'Super Admin'],
+      [first, firstProjectId, options.firstProjectName],
     ] as const) {
       const practitioner = await repo.createResource<Practitioner>({
         resourceType: 'Practitioner',
@@ -60,7 +60,7 @@ export async function bootstrap(services: RepositoryServices, options: Bootstrap
       });
       await repo.createResource<ProjectMembership>({
         resourceType: 'ProjectMembership',
-        project: { reference: `Project/${projectId}` },
+        project: { reference: `Project/${projectId}`, display: projectName },
         user: { reference: `User/${user.id}`, display: options.adminEmail },
         profile: { reference: `Practitioner/${practitioner.id}`, display: 'Admin ermis' },
         admin: true,

@@ -28,7 +28,8 @@ export interface TokenResponse {
 export interface TokenSubject {
   login: Login;
   profile: Reference;
-  projectId: string;
+  /** The project, named in the response as Medplum's clients show it (`medplum whoami`). */
+  project: Reference;
   /** The scope this token carries: the login's, or narrower on refresh. */
   scope: string;
   email?: string;
@@ -85,7 +86,7 @@ export class TokenIssuer {
       expires_in: accessLifetime,
       scope,
       access_token: accessToken,
-      project: { reference: `Project/${subject.projectId}` },
+      project: subject.project,
       profile,
       fhirUser: this.fhirBaseUrl + profile.reference,
     };

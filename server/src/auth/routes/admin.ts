@@ -1,6 +1,6 @@
 import { badRequest, forbidden, OperationOutcomeError } from '@medplum/core';
 import type { WithId } from '@medplum/core';
-import type { AccessPolicy, Binary, Bot, ClientApplication, ProjectMembership, Reference, User } from '@medplum/fhirtypes';
+import type { AccessPolicy, Binary, Bot, ClientApplication, Project, ProjectMembership, Reference, User } from '@medplum/fhirtypes';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { authenticate } from '../authenticate.ts';
 import { newSecret } from '../logins.ts';
@@ -23,15 +23,19 @@ export async function handler(medplum: MedplumClient, event: BotEvent): Promise<
 /** Project administration as Medplum's admin API: invite, bots, clients, secret rotation. */
 export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Promise<void> {
   useJsonBodies(app);
-  const asAdmin = async (request: FastifyRequest<{ Params: { projectId: string } }>, reply: FastifyReply): Promise<AuthSession> => {
+  const asAdmin = async (
+    request: FastifyRequest<{ Params: { projectId: string } }>,
+    reply: FastifyReply
+  ): Promise<AuthSession & { target: Reference<Project> }> => {
     const session = await authenticate(request, reply, auth);
     if (!(session.superAdmin || (session.admin && session.project.id === request.params.projectId))) {
       throw new OperationOutcomeError(forbidden);
     }
-    if (!(await auth.directory.project(request.params.projectId))) {
+    const project = await auth.directory.project(request.params.projectId);
+    if (!project) {
       throw new OperationOutcomeError(badRequest('Project not found'));
     }
-    return session;
+    return { ...session, target: { reference: `Project/${project.id}`, display: project.name } };
   };
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/invite', async (request, reply) => {
@@ -74,7 +78,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
     const membershipFields = (body.membership ?? {}) as Partial<ProjectMembership>;
     return repo.createResource<ProjectMembership>({
       resourceType: 'ProjectMembership',
-      project: { reference: `Project/${projectId}` },
+      project: session.target,
       user: { reference: `User/${user.id}`, display: email },
       profile: { reference: `${resourceType}/${profile.id}`, display: `${firstName} ${lastName}` },
       admin: membershipFields.admin ?? body.admin === true,
@@ -101,7 +105,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
       runtimeVersion: (str(body, 'runtimeVersion') as Bot['runtimeVersion']) ?? 'vmcontext',
       sourceCode: { contentType: 'application/typescript', title: 'index.ts', url: `Binary/${source.id}` },
     });
-    await membershipFor(repo, projectId, `Bot/${bot.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
+    await membershipFor(repo, session.target, `Bot/${bot.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
     return reply.status(201).send(await repo.readResource<Bot>('Bot', bot.id));
   });
 
@@ -125,7 +129,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
       pkceOptional: body.pkceOptional === true ? true : undefined,
       accessTokenLifetime: str(body, 'accessTokenLifetime'),
     });
-    await membershipFor(repo, projectId, `ClientApplication/${client.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
+    await membershipFor(repo, session.target, `ClientApplication/${client.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
     return reply.status(201).send(client);
   });
 
@@ -143,14 +147,14 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
 
 async function membershipFor(
   repo: PostgresRepository,
-  projectId: string,
+  project: Reference<Project>,
   profile: string,
   display: string,
   accessPolicy: Reference<AccessPolicy> | undefined
 ): Promise<WithId<ProjectMembership>> {
   return repo.createResource<ProjectMembership>({
     resourceType: 'ProjectMembership',
-    project: { reference: `Project/${projectId}` },
+    project,
     user: { reference: profile, display },
     profile: { reference: profile, display },
     accessPolicy,

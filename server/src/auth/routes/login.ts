@@ -330,11 +330,13 @@ async function respondWithMemberships(auth: AuthServices, login: Login, membersh
   if (memberships.length === 0) {
     return { login: login.id };
   }
+  // Named as the profile chooser shows them (memberships written by hand may lack the name).
+  const projects = await Promise.all(memberships.map((m) => auth.directory.project(projectOf(m))));
   return {
     login: login.id,
-    memberships: memberships.map((m) => ({
+    memberships: memberships.map((m, i) => ({
       id: m.id,
-      project: m.project,
+      project: { reference: m.project?.reference, display: projects[i]?.name ?? m.project?.display },
       profile: m.profile,
       identifier: m.identifier,
     })),

@@ -381,7 +381,7 @@ async function issueFor(auth: AuthServices, login: Login, scope: string, refresh
   }
   const user = login.userId ? (await auth.directory.find<User>('User', login.userId))?.resource : undefined;
   return auth.tokens.issue(
-    { login, profile: session.profile, projectId: session.project.id, scope, email: user?.email, client },
+    { login, profile: session.profile, project: { reference: `Project/${session.project.id}`, display: session.project.name }, scope, email: user?.email, client },
     refreshSecret
   );
 }
