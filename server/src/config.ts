@@ -27,6 +27,8 @@ export interface ServerConfig {
   requestsPerMinute: number;
   loginFailuresPerAccount: number;
   loginFailuresPerAddress: number;
+  /** Fastify's trustProxy: false, true, or the proxies' addresses (comma-separated, CIDR allowed). */
+  trustProxy: boolean | string[];
   /** Default AuditEvent volume for projects without their own setting. */
   auditEvents: 'all' | 'writes' | 'logins' | 'none';
 }
@@ -53,6 +55,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     requestsPerMinute: parsePositiveInt(env.RATE_LIMIT_REQUESTS_PER_MINUTE, 6000),
     loginFailuresPerAccount: parsePositiveInt(env.LOGIN_FAILURES_PER_ACCOUNT, 10),
     loginFailuresPerAddress: parsePositiveInt(env.LOGIN_FAILURES_PER_ADDRESS, 100),
+    trustProxy: !env.TRUST_PROXY || env.TRUST_PROXY === 'false' ? false : env.TRUST_PROXY === 'true' ? true : env.TRUST_PROXY.split(',').map((a) => a.trim()),
     auditEvents: parseChoice(env.AUDIT_EVENTS, ['all', 'writes', 'logins', 'none'] as const, 'all'),
   };
 }

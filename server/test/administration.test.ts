@@ -66,9 +66,9 @@ describe('admin API', () => {
     const user = await t.server.signIn(email, 'correct horse 1');
     expect(user.getProfile()?.resourceType).toBe('Practitioner');
     expect((await user.get('auth/me')).membership.admin).toBeFalsy();
-    // a second invite of the same email to the same project is refused
+    // a second invite of the same email is refused: an existing account is attached only by a super admin
     await expect(t.medplum.invite(t.server.projectId, { resourceType: 'Practitioner', firstName: 'E', lastName: 'G', email })).rejects.toThrow(
-      'already a member'
+      'a super admin must add it'
     );
   });
 

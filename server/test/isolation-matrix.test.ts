@@ -1051,7 +1051,8 @@ describe('tokens follow the membership and policy as they are now', () => {
 
 describe('sign-in routes that act on a login (launch patient picker, scopes)', () => {
   const codeFor = async (who: string, extra: Record<string, string> = {}): Promise<string> => {
-    const r = await call('none', 'POST', '/auth/login', { email: who, password: PASSWORD, ...extra });
+    // The picker answers only sign-ins that asked for a launch patient.
+    const r = await call('none', 'POST', '/auth/login', { email: who, password: PASSWORD, scope: 'openid launch/patient', ...extra });
     expect(r.status, JSON.stringify(r.body)).toBe(200);
     return r.body.code;
   };

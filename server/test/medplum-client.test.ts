@@ -714,7 +714,11 @@ describe('invite and sign-out', () => {
     const twice = await outcomeError(
       t.medplum.invite(t.server.projectId, { resourceType: 'Practitioner', firstName: 'Hedy', lastName: 'Lamarr', email: user.email })
     );
-    expect(twice.outcome.issue?.[0]).toMatchObject({ details: { text: 'User is already a member of this project' }, expression: ['email'] });
+    // an existing account is attached only by a super admin (nothing proves the email's owner otherwise)
+    expect(twice.outcome.issue?.[0]).toMatchObject({
+      details: { text: 'This email already has an account; a super admin must add it to the project' },
+      expression: ['email'],
+    });
 
     const short = await outcomeError(
       t.medplum.invite(t.server.projectId, {

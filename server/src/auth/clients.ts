@@ -83,8 +83,14 @@ export class Clients {
       if (colon < 0) {
         throw new OAuthError('invalid_client', 'Malformed Basic credentials', 401);
       }
-      const id = decodeURIComponent(decoded.slice(0, colon));
-      const secret = decodeURIComponent(decoded.slice(colon + 1));
+      let id: string;
+      let secret: string;
+      try {
+        id = decodeURIComponent(decoded.slice(0, colon));
+        secret = decodeURIComponent(decoded.slice(colon + 1));
+      } catch {
+        throw new OAuthError('invalid_client', 'Malformed Basic credentials', 401);
+      }
       methods.push(await this.withSecret(id, secret, 'client_secret_basic'));
     }
     if (form.client_secret !== undefined) {

@@ -225,12 +225,16 @@ export class LoginStore {
 
   /** Remembers what /oauth2/authorize checked, for the sign-in that presents this PKCE challenge. */
   async recordAuthorizeRequest(codeChallenge: string, clientId: string, redirectUri: string): Promise<void> {
+    // First come keeps it: another party presenting the same challenge cannot redirect this flow.
     await this.db.query(
       `INSERT INTO authorize_request (code_challenge, client_id, redirect_uri) VALUES ($1, $2, $3)
-       ON CONFLICT (code_challenge) DO UPDATE SET client_id = $2, redirect_uri = $3, created = now()`,
+       ON CONFLICT (code_challenge) DO NOTHING`,
       [codeChallenge, clientId, redirectUri]
     );
-    await this.db.query("DELETE FROM authorize_request WHERE created < now() - interval '1 day'");
+    // Expired rows go now and then, not on every request (index on created).
+    if (Math.random() < 0.01) {
+      await this.db.query("DELETE FROM authorize_request WHERE created < now() - interval '1 day'");
+    }
   }
 
   async authorizedRedirectUri(codeChallenge: string, clientId: string): Promise<string | undefined> {

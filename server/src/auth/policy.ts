@@ -63,9 +63,12 @@ export function buildAccessPolicy({ membership, projectId, policies }: PolicySou
     }
     named = true;
     const policy = policies.get(id);
-    // A membership naming a policy that no longer exists gets nothing from it (never everything).
-    if (policy) {
-      resource.push(...substitute(policy, { ...defaults, ...parameters }).resource);
+    // A membership naming a policy that no longer exists gets nothing from it (never everything);
+    // nor does a policy using restrictions this server does not evaluate (fail closed).
+    if (policy && !policy.basedOn?.length && !policy.ipAccessRule?.length && !policy.compartment) {
+      // Administration types come only from the admin entries below: a policy an admin writes
+      // cannot widen them (e.g. to make its own project super admin).
+      resource.push(...substitute(policy, { ...defaults, ...parameters }).resource.filter((e) => !PROTECTED_TYPES.has(e.resourceType)));
     }
   };
   addPolicy(membership.accessPolicy, {});

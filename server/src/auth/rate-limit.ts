@@ -46,28 +46,23 @@ export class RateLimits {
     return consume(this.requests, 'requests', key);
   }
 
-  /** Before checking a password: 429 when the account or the address has failed too often lately. */
-  async checkLogin(account: string, address: string): Promise<void> {
-    for (const [limiter, key] of [
-      [this.logins, account],
-      [this.addresses, address],
-    ] as const) {
-      const res = await limiter.get(key);
-      if (res && res.remainingPoints <= 0) {
-        throw new RateLimitExceeded({ name: 'login', remaining: 0, resetSeconds: Math.ceil(res.msBeforeNext / 1000) });
-      }
-    }
+  /**
+   * Before checking a password, every attempt takes a point from the account and the address (so
+   * that parallel guesses cannot all pass a check made before any of them failed); 429 when either
+   * is used up. A success gives the points back.
+   */
+  async beginLogin(account: string, address: string): Promise<void> {
+    await consume(this.logins, 'login', account);
+    await consume(this.addresses, 'login', address).catch(async (err: unknown) => {
+      await this.logins.reward(account, 1);
+      throw err;
+    });
   }
 
-  /** A failed sign-in counts against the account and the address. */
-  async failedLogin(account: string, address: string): Promise<void> {
-    await this.logins.penalty(account, 1);
-    await this.addresses.penalty(address, 1);
-  }
-
-  /** A successful sign-in clears the account's failures (not the address's). */
-  async succeededLogin(accountKey: string): Promise<void> {
-    await this.logins.delete(accountKey);
+  /** A successful sign-in clears the account's failures and returns the address's point. */
+  async succeededLogin(account: string, address: string): Promise<void> {
+    await this.logins.delete(account);
+    await this.addresses.reward(address, 1);
   }
 }
 

@@ -83,6 +83,13 @@ export class Sessions {
     if (!membership || membership.active === false) {
       throw new OperationOutcomeError(unauthorized);
     }
+    // A client switched off or deleted ends the sessions it opened (the built-in CLI client has no row).
+    if (login.clientId && login.clientId !== 'medplum-cli') {
+      const client = await this.directory.client(login.clientId);
+      if (!client || client.resource.status === 'off') {
+        throw new OperationOutcomeError(unauthorized);
+      }
+    }
     const session = await this.fromMembership(membership, login.projectId, { login, scope, clientId: login.clientId ?? undefined });
     if (this.cache.size >= CACHE_MAX) {
       this.cache.clear();
@@ -150,11 +157,11 @@ export class Sessions {
   /** `Authorization: Basic id:secret` of a client application, on any API call. */
   async fromClientSecret(clientId: string, secret: string, verify: (client: ClientApplication, secret: string) => boolean): Promise<AuthSession> {
     const located = await this.directory.client(clientId);
-    if (!located || !verify(located.resource, secret)) {
+    if (!located || located.resource.status === 'off' || !verify(located.resource, secret)) {
       throw new OperationOutcomeError(unauthorized);
     }
     const membership = await this.directory.membershipOfProfile(`ClientApplication/${clientId}`, located.projectId);
-    if (!membership) {
+    if (!membership || membership.active === false) {
       throw new OperationOutcomeError(unauthorized);
     }
     return this.fromMembership(membership, located.projectId, { scope: 'openid', clientId });

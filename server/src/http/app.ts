@@ -35,6 +35,8 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
   const app = Fastify({
     logger: services.config.logLevel === 'silent' ? false : { level: services.config.logLevel },
     bodyLimit: services.config.maxJsonBytes,
+    // Behind a proxy, request.ip is the client's address (rate limits, AuditEvents) only if trusted.
+    trustProxy: services.config.trustProxy,
     // Ids and queries are case-sensitive and may contain encoded characters; fhir-router does its own parsing.
     routerOptions: { ignoreTrailingSlash: true, maxParamLength: 500 },
   });

@@ -25,10 +25,16 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
   useJsonBodies(app);
   const asAdmin = async (
     request: FastifyRequest<{ Params: { projectId: string } }>,
-    reply: FastifyReply
+    reply: FastifyReply,
+    creates: 'ProjectMembership' | 'ClientApplication' | 'Bot'
   ): Promise<AuthSession & { target: Reference<Project> }> => {
     const session = await authenticate(request, reply, auth);
     if (!(session.superAdmin || (session.admin && session.project.id === request.params.projectId))) {
+      throw new OperationOutcomeError(forbidden);
+    }
+    // The token's SMART scopes count too: an app an admin signed in to with patient/Observation.rs
+    // must not be able to invite users or mint clients.
+    if (session.context.access && !session.context.access.allows(creates, 'create')) {
       throw new OperationOutcomeError(forbidden);
     }
     const project = await auth.directory.project(request.params.projectId);
@@ -39,7 +45,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
   };
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/invite', async (request, reply) => {
-    const session = await asAdmin(request, reply);
+    const session = await asAdmin(request, reply, 'ProjectMembership');
     const { projectId } = request.params;
     const body = objectBody(request);
     const resourceType = str(body, 'resourceType') ?? 'Practitioner';
@@ -54,9 +60,13 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
       throw new OperationOutcomeError(badRequest(passwordProblem(password) as string, 'password'));
     }
     let user = await auth.directory.userByEmail(email);
+    // An existing account may have been created (with a password) by another project's admin or by
+    // anyone through sign-up: attaching it here would hand this project's access to whoever holds
+    // that password. Without email verification only a super admin may vouch for it.
+    if (user && !session.superAdmin) {
+      throw new OperationOutcomeError(badRequest('This email already has an account; a super admin must add it to the project', 'email'));
+    }
     if (user && password !== undefined) {
-      // A password is set only for an account this invite creates: an admin of one project must
-      // never be able to take over an account that also belongs to other projects.
       throw new OperationOutcomeError(badRequest('This email already has an account; invite it without a password', 'password'));
     }
     if (!user) {
@@ -88,7 +98,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
   });
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/bot', async (request, reply) => {
-    const session = await asAdmin(request, reply);
+    const session = await asAdmin(request, reply, 'Bot');
     const { projectId } = request.params;
     const body = objectBody(request);
     const name = str(body, 'name', true) as string;
@@ -110,7 +120,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
   });
 
   app.post<{ Params: { projectId: string } }>('/admin/projects/:projectId/client', async (request, reply) => {
-    const session = await asAdmin(request, reply);
+    const session = await asAdmin(request, reply, 'ClientApplication');
     const { projectId } = request.params;
     const body = objectBody(request);
     const name = str(body, 'name', true) as string;

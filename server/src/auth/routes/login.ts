@@ -53,16 +53,19 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
         throw new OperationOutcomeError(badRequest('redirect_uri does not match the authorization request'));
       }
     }
+    const method = optionalString(body, 'codeChallengeMethod');
+    if (method !== undefined && method !== 'S256' && method !== 'plain') {
+      throw new OperationOutcomeError(badRequest('codeChallengeMethod must be S256 or plain', 'codeChallengeMethod'));
+    }
     const address = remoteAddress(request);
-    await auth.rateLimits.checkLogin(`account:${email}`, `address:${address}`);
+    await auth.rateLimits.beginLogin(`account:${email}`, `address:${address}`);
     const user = await auth.directory.userByEmail(email);
     const credential = user ? await auth.directory.passwordHash(user.id) : undefined;
     if (!user || !(await verifyPassword(password, credential))) {
-      await auth.rateLimits.failedLogin(`account:${email}`, `address:${address}`);
       auth.audit.login(undefined, user ? `User/${user.id}` : email, false, 'Invalid email or password', address);
       throw new OperationOutcomeError(badRequest('Email or password is invalid'));
     }
-    await auth.rateLimits.succeededLogin(`account:${email}`);
+    await auth.rateLimits.succeededLogin(`account:${email}`, `address:${address}`);
     const login = await auth.logins.create({
       userId: user.id,
       clientId,
@@ -70,7 +73,7 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
       scope,
       nonce: optionalString(body, 'nonce'),
       codeChallenge,
-      codeChallengeMethod: optionalString(body, 'codeChallengeMethod') ?? (codeChallenge ? 'plain' : undefined),
+      codeChallengeMethod: method ?? (codeChallenge ? 'plain' : undefined),
       redirectUri: authorizedRedirect,
       launchId: optionalString(body, 'launch'),
       remoteAddress: address,
@@ -314,10 +317,14 @@ async function pendingLogin(auth: AuthServices, id: string): Promise<Login> {
   return login;
 }
 
+/** The sign-in a patient-picker call belongs to: only for a pending code whose scope asked for a launch patient. */
 async function loginByCode(auth: AuthServices, code: string): Promise<Login> {
   const login = await auth.logins.getByCode(code);
   if (!login) {
     throw new OperationOutcomeError(badRequest('Invalid or expired code', 'code'));
+  }
+  if (!login.scope.split(/\s+/).includes('launch/patient')) {
+    throw new OperationOutcomeError(badRequest('This sign-in did not ask for a launch patient', 'code'));
   }
   return login;
 }
@@ -351,7 +358,17 @@ async function bindMembership(auth: AuthServices, login: Login, membership: With
     if (!launch) {
       throw new OperationOutcomeError(badRequest('Unknown launch', 'launch'));
     }
-    await auth.logins.setLaunchContext(login.id, idOf(launch.patient), idOf(launch.encounter));
+    const patientId = idOf(launch.patient);
+    const encounterId = idOf(launch.encounter);
+    if (!launch.patient?.reference?.startsWith('Patient/') && launch.patient) {
+      throw new OperationOutcomeError(badRequest('The launch patient must be a Patient reference', 'launch'));
+    }
+    for (const id of [patientId, encounterId]) {
+      if (id !== null && !/^[A-Za-z0-9\-.]{1,64}$/.test(id)) {
+        throw new OperationOutcomeError(badRequest('Invalid launch context', 'launch'));
+      }
+    }
+    await auth.logins.setLaunchContext(login.id, patientId, encounterId);
   }
   return auth.logins.issueCode(login.id, membership.id, projectId);
 }

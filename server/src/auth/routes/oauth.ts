@@ -104,9 +104,8 @@ export async function oauthRoutes(app: FastifyInstance, auth: AuthServices): Pro
     const form = (request.body ?? {}) as Record<string, string>;
     // RFC 7662 §2.1: the caller must itself be authorized (client credentials or a bearer token).
     const creds = await auth.clients.authenticate(form, request.headers.authorization?.startsWith('Basic ') ? request.headers.authorization : undefined);
-    if (creds.method === 'none') {
-      await authenticate(request, reply, auth);
-    }
+    // The caller learns about tokens of its own project only.
+    const callerProject = creds.method === 'none' ? (await authenticate(request, reply, auth)).project.id : creds.client?.projectId;
     reply.header('Cache-Control', 'no-store');
     if (!form.token) {
       throw new OAuthError('invalid_request', 'Missing token');
@@ -118,6 +117,9 @@ export async function oauthRoutes(app: FastifyInstance, auth: AuthServices): Pro
         return { active: false };
       }
       const session = await auth.sessions.fromLogin(login, String(claims.scope ?? login.scope));
+      if (session.project.id !== callerProject) {
+        return { active: false };
+      }
       return {
         active: true,
         scope: claims.scope,
@@ -141,9 +143,10 @@ export async function oauthRoutes(app: FastifyInstance, auth: AuthServices): Pro
     if (!form.token) {
       throw new OAuthError('invalid_request', 'Missing token');
     }
-    // RFC 7009 §2.2: an invalid or unknown token is not an error.
+    // RFC 7009 §2.2: an invalid or unknown token is not an error. Only access and refresh tokens
+    // revoke (an id token is handed to third parties).
     const claims = await auth.keys.verify(form.token).catch(() => undefined);
-    if (claims && typeof claims.login_id === 'string') {
+    if (claims && typeof claims.login_id === 'string' && (claims.token_use === 'access' || claims.token_use === 'refresh')) {
       await auth.logins.revoke(claims.login_id);
     }
     return reply.header('Cache-Control', 'no-store').send({});
@@ -220,6 +223,9 @@ async function validateAuthorizeRequest(auth: AuthServices, p: Record<string, st
     return fail('invalid_request', 'Unsupported code_challenge_method');
   }
   if (p.code_challenge) {
+    if (!/^[A-Za-z0-9\-._~]{43,128}$/.test(p.code_challenge)) {
+      return fail('invalid_request', 'Malformed code_challenge');
+    }
     await auth.logins.recordAuthorizeRequest(p.code_challenge, client.id, redirectUri);
   }
   const forward = new URLSearchParams();
@@ -247,7 +253,9 @@ function verifyPkce(login: Login, verifier: string | undefined, client: ClientAp
   if (!verifier) {
     // A PKCE-optional client (the medplum CLI) may redeem without one even when the login page
     // added a challenge of its own, as with Medplum's server.
-    if (client?.pkceOptional) {
+    // A challenge the client itself sent to /oauth2/authorize (a redirect_uri was recorded with it)
+    // must be answered, pkceOptional or not.
+    if (client?.pkceOptional && login.redirectUri === null) {
       return;
     }
     throw new OAuthError('invalid_grant', 'Missing code_verifier');

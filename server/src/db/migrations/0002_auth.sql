@@ -56,6 +56,7 @@ CREATE TABLE authorize_request (
   redirect_uri   text        NOT NULL,
   created        timestamptz NOT NULL DEFAULT now()
 );
+CREATE INDEX authorize_request_created ON authorize_request (created);
 
 -- private_key_jwt client assertions seen, so that each is used once (OpenID Connect Core §9).
 CREATE TABLE client_assertion (

@@ -24,7 +24,7 @@ export class AccessRules {
 
   /** `protectedTypes` are not covered by `*` entries: only an entry naming the type reaches them. */
   constructor(policy: AccessPolicy, protectedTypes: ReadonlySet<string> = new Set()) {
-    this.entries = policy.resource ?? [];
+    this.entries = (policy.resource ?? []).map(normalizeEntry);
     this.protectedTypes = protectedTypes;
     for (const entry of this.entries) {
       if (entry.criteria) {
@@ -52,6 +52,11 @@ export class AccessRules {
       alternatives.push(filters);
     }
     return { kind: 'criteria', alternatives };
+  }
+
+  /** Project-administration types: only an entry naming them reaches them, and only in the caller's own project. */
+  isProtected(resourceType: string): boolean {
+    return this.protectedTypes.has(resourceType);
   }
 
   /** Dotted element paths (`name`, `identifier.value`) never shown for this type. */
@@ -95,6 +100,24 @@ export class AccessRules {
 }
 
 /**
+ * Medplum's other entry restrictions, in the terms this class evaluates, failing closed: the legacy
+ * `compartment` becomes `_compartment` criteria; `writeConstraint` (FHIRPath this server does not
+ * evaluate) makes the entry read-only.
+ */
+function normalizeEntry(entry: AccessPolicyResource): AccessPolicyResource {
+  let normalized = entry;
+  if (entry.compartment?.reference) {
+    const clause = `_compartment=${entry.compartment.reference}`;
+    const criteria = entry.criteria ? `${entry.criteria}${entry.criteria.includes('?') ? '&' : '?'}${clause}` : `${entry.resourceType === '*' ? '' : entry.resourceType}?${clause}`;
+    normalized = { ...normalized, criteria, compartment: undefined };
+  }
+  if (entry.writeConstraint?.length) {
+    normalized = { ...normalized, readonly: true };
+  }
+  return normalized;
+}
+
+/**
  * `Observation?subject=Patient/1` (the type must be the entry's), or for `*` entries a bare query
  * (`?_compartment=Patient/1` or `*?_compartment=...`) applied to every type.
  */
@@ -129,11 +152,19 @@ function removePath(node: unknown, parts: string[]): void {
   }
   const obj = node as Record<string, unknown>;
   const [head, ...rest] = parts;
-  if (rest.length === 0) {
-    delete obj[head];
-  } else {
-    removePath(obj[head], rest);
+  for (const key of matchingKeys(obj, head)) {
+    if (rest.length === 0) {
+      delete obj[key];
+    } else {
+      removePath(obj[key], rest);
+    }
   }
+}
+
+/** `deceased` names every `deceased[x]` key (`deceasedBoolean`, `deceasedDateTime`), as FHIR paths do. */
+function matchingKeys(obj: Record<string, unknown>, name: string): string[] {
+  const base = name.replace(/\[x\]$/, '');
+  return Object.keys(obj).filter((key) => key === base || (key.startsWith(base) && /^[A-Z]/.test(key.slice(base.length))));
 }
 
 /**
@@ -143,10 +174,11 @@ function removePath(node: unknown, parts: string[]): void {
 export function restoreFields(target: Record<string, unknown>, source: Record<string, unknown>, paths: readonly string[]): void {
   for (const path of paths) {
     const head = path.split('.')[0];
-    if (head in source) {
-      target[head] = structuredClone(source[head]);
-    } else {
-      delete target[head];
+    for (const key of matchingKeys(target, head)) {
+      delete target[key];
+    }
+    for (const key of matchingKeys(source, head)) {
+      target[key] = structuredClone(source[key]);
     }
   }
 }

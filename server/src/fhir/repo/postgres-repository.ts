@@ -150,8 +150,9 @@ export class PostgresRepository extends FhirRepository {
 
   async createResource<T extends Resource>(resource: T, options?: CreateResourceOptions): Promise<WithId<T>> {
     this.requireInteraction(resource.resourceType, 'create');
+    this.requireProjectAdministration(resource.resourceType);
     const id = options?.assignedId && resource.id ? resource.id : this.generateId();
-    const prepared = await this.prepareWrite({ ...resource, id });
+    const prepared = await this.prepareWrite(this.withoutReadonlyFields({ ...resource, id }));
     const insert = async (repo: PostgresRepository): Promise<void> => {
       try {
         await insertResource(repo.db, prepared.row, prepared.index);
@@ -204,15 +205,19 @@ export class PostgresRepository extends FhirRepository {
       if (!current) {
         throw new OperationOutcomeError(conflict(`${resource.resourceType}/${resource.id} could not be written`));
       }
-      await tx.requireCurrentAccess(current, resource.resourceType, 'update');
-      const prepared = await tx.prepareWrite(tx.keepProtectedFields(resource, current));
+      if (current.deleted) {
+        tx.requireRevival(resource.resourceType);
+      } else {
+        await tx.requireCurrentAccess(current, resource.resourceType, 'update');
+      }
+      const prepared = await tx.prepareWrite(current.deleted ? tx.withoutReadonlyFields(resource) : tx.keepProtectedFields(resource, current));
       // No new version when nothing but meta changed (Binary bytes are not in the JSON, so a Binary always writes).
       if (!current.deleted && resource.resourceType !== 'Binary' && sameIgnoringMeta(current.content, prepared.resource)) {
         return { resource: tx.present(JSON.parse(current.content) as WithId<T>), created: false };
       }
       await updateResourceRow(tx.db, current.rid, prepared.row, prepared.index);
-      // A write may not move the resource out of what the writer may update.
-      await tx.requireWithinPolicy(resource.resourceType, resource.id as string, 'update');
+      // A write may not move the resource out of what the writer may update (or create, for a revival).
+      await tx.requireWithinPolicy(resource.resourceType, resource.id as string, current.deleted ? 'create' : 'update');
       this.services.onWrite?.(resource.resourceType);
       return { resource: tx.present(prepared.resource as WithId<T>), created: false };
     });
@@ -248,7 +253,8 @@ export class PostgresRepository extends FhirRepository {
       if (options?.ifMatch && current.version_id !== options.ifMatch) {
         throw new OperationOutcomeError(preconditionFailed);
       }
-      let resource = JSON.parse(current.content) as WithId<T>;
+      // The patch sees what the caller sees: hidden fields can be neither copied nor tested.
+      let resource = tx.present(JSON.parse(current.content) as WithId<T>);
       try {
         if (Array.isArray(patch)) {
           const errors = applyPatch(resource, patch).filter(Boolean);
@@ -277,6 +283,7 @@ export class PostgresRepository extends FhirRepository {
         throw new OperationOutcomeError(notFound);
       }
       await tx.requireCurrentAccess(current, resourceType, 'delete');
+      tx.requireProjectAdministration(resourceType);
       if (options?.ifMatch && current.version_id !== options.ifMatch) {
         throw new OperationOutcomeError(preconditionFailed);
       }
@@ -848,6 +855,7 @@ export class PostgresRepository extends FhirRepository {
       registry: this.services.registry,
       projects: this.context.allProjects ? undefined : this.context.readProjects,
       access: this.context.access,
+      ownProject: this.context.projectId,
     };
   }
 
@@ -906,6 +914,40 @@ export class PostgresRepository extends FhirRepository {
     return rows.length > 0;
   }
 
+  /**
+   * Projects are created and deleted by the server (first start, new-project sign-up) and by super
+   * admins only; whatever a policy says, a session may not do it.
+   */
+  private requireProjectAdministration(resourceType: string): void {
+    if (resourceType === 'Project' && this.context.access) {
+      throw new OperationOutcomeError(forbidden);
+    }
+  }
+
+  /**
+   * Writing an id whose resource was deleted revives it, old versions included. A caller whose
+   * policy has row criteria could read history it was never allowed to see; refuse that.
+   */
+  private requireRevival(resourceType: string): void {
+    this.requireInteraction(resourceType, 'create');
+    this.requireProjectAdministration(resourceType);
+    const access = this.context.access;
+    if (access && (access.rowScope(resourceType, 'create').kind !== 'all' || access.rowScope(resourceType, 'read').kind !== 'all')) {
+      throw new OperationOutcomeError(forbidden);
+    }
+  }
+
+  /** A create cannot set the fields the policy makes read-only. */
+  private withoutReadonlyFields<T extends Resource>(resource: T): T {
+    const fields = this.context.access?.readonlyFields(resource.resourceType) ?? [];
+    if (fields.length === 0) {
+      return resource;
+    }
+    const copy = structuredClone(resource);
+    removeFields(copy, fields);
+    return copy;
+  }
+
   /** A write keeps the stored values of the fields the policy hides or makes read-only. */
   private keepProtectedFields<T extends Resource>(resource: T, current: CurrentRow): T {
     const access = this.context.access;
@@ -913,6 +955,10 @@ export class PostgresRepository extends FhirRepository {
       return resource;
     }
     const fields = [...access.hiddenFields(resource.resourceType), ...access.readonlyFields(resource.resourceType)];
+    if (resource.resourceType === 'Project') {
+      // Only super admins (no policy) may change what makes a project powerful.
+      fields.push('superAdmin', 'features', 'link');
+    }
     if (fields.length === 0) {
       return resource;
     }

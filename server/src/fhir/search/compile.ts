@@ -30,6 +30,8 @@ export interface CompileContext {
   projects: readonly string[] | undefined;
   /** The caller's access policy; undefined means unrestricted (the server's own work). */
   access?: AccessRules;
+  /** The caller's own project: administration types are never read from linked projects. */
+  ownProject?: string;
   /** Codes of `:in`, `:not-in`, `:below` and `:above` values, resolved beforehand (see codeSetKey). */
   codeSets?: ReadonlyMap<string, readonly { system: string; code: string }[]>;
 }
@@ -123,6 +125,7 @@ class FilterCompiler {
       return this.chain(filter);
     }
     const param = this.searchParam(code);
+    this.refuseHidden(param, code);
     const ids = this.paramIds(code);
     if (filter.operator === Operator.MISSING || filter.operator === Operator.PRESENT) {
       const missing = (filter.operator === Operator.MISSING) === (filter.value === 'true');
@@ -163,6 +166,7 @@ class FilterCompiler {
         keys.push(`r.last_updated ${dir}`);
       } else {
         const param = this.searchParam(rule.code);
+        this.refuseHidden(param, rule.code);
         const ids = this.p.add(this.paramIds(rule.code));
         const agg = rule.descending ? 'max' : 'min';
         const column = sortColumn(param, rule.descending);
@@ -173,6 +177,25 @@ class FilterCompiler {
     }
     keys.push('r.rid ASC');
     return keys.join(', ');
+  }
+
+  /**
+   * A parameter over a field the policy hides would tell its value by what matches (or by the
+   * order): refused, as if the parameter did not exist for this caller.
+   */
+  private refuseHidden(param: SearchParameter, code: string): void {
+    const access = this.ctx.access;
+    if (!access || !param.expression) {
+      return;
+    }
+    for (const type of this.types) {
+      for (const field of access.hiddenFields(type)) {
+        const head = field.split('.')[0].replace(/\[x\]$/, '');
+        if (new RegExp(`\\b${type}\\.${head}(?![a-z0-9])`).test(param.expression)) {
+          throw new OperationOutcomeError(badRequest(`Search parameter ${code} is not available`, code));
+        }
+      }
+    }
   }
 
   private searchParam(code: string): SearchParameter {
@@ -296,8 +319,10 @@ class FilterCompiler {
 
   /** The caller's projects and the policy's row criteria for an interaction, over this compiler's types. */
   accessible(interaction: Interaction): string {
-    const project = this.ctx.projects ? `${this.a}.project_id = ANY(${this.p.add(this.ctx.projects)}::uuid[])` : 'TRUE';
     const access = this.ctx.access;
+    const own = access && this.ctx.ownProject && this.types.some((t) => access.isProtected(t)) ? [this.ctx.ownProject] : undefined;
+    const projects = own ?? this.ctx.projects;
+    const project = projects ? `${this.a}.project_id = ANY(${this.p.add(projects)}::uuid[])` : 'TRUE';
     if (!access) {
       return project;
     }
