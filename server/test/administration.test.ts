@@ -146,7 +146,11 @@ describe('passwords', () => {
     await expect(user.post('auth/changepassword', { oldPassword: 'wrong-password-1', newPassword: 'second-password-2' })).rejects.toThrow('Incorrect password');
     await expect(user.post('auth/changepassword', { oldPassword: 'first-password-1', newPassword: 'short' })).rejects.toThrow('at least 8');
     await expect(user.post('auth/changepassword', { oldPassword: 'first-password-1' })).rejects.toThrow('Missing newPassword');
+    const elsewhere = await t.server.signIn(email, 'first-password-1');
     await user.post('auth/changepassword', { oldPassword: 'first-password-1', newPassword: 'second-password-2' });
+    // the session that changed it goes on; every other session of the account ends
+    expect((await user.get('auth/me')).profile.resourceType).toBe('Practitioner');
+    expect((await t.server.fhir('Patient', { headers: { Authorization: `Bearer ${elsewhere.getAccessToken()}` } })).status).toBe(401);
     await expect(t.server.signIn(email, 'first-password-1')).rejects.toThrow('Email or password is invalid');
     expect((await t.server.signIn(email, 'second-password-2')).getProfile()?.resourceType).toBe('Practitioner');
     // client sessions have no password

@@ -219,6 +219,11 @@ export class LoginStore {
     return rowCount === 1;
   }
 
+  /** Ends every other login of a user (after a password change). */
+  async revokeOthers(userId: string, keep: string | undefined): Promise<void> {
+    await this.db.query('UPDATE login SET revoked = true, refresh_secret = NULL WHERE user_id = $1 AND id IS DISTINCT FROM $2', [userId, keep ?? null]);
+  }
+
   async revoke(id: string): Promise<void> {
     await this.db.query('UPDATE login SET revoked = true, refresh_secret = NULL WHERE id = $1', [id]);
   }

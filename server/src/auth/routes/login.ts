@@ -180,6 +180,8 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
     if (!/^[^@\s]+@[^@\s]+$/.test(email)) {
       throw new OperationOutcomeError(badRequest('Invalid email', 'email'));
     }
+    // Sign-up hashes a password for anyone who asks: it counts against the same limits as sign-in.
+    await auth.rateLimits.beginLogin(`account:${email}`, `address:${remoteAddress(request)}`);
     const password = requireString(body, 'password');
     const problem = passwordProblem(password);
     if (problem) {
@@ -241,6 +243,8 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
       throw new OperationOutcomeError(badRequest(problem, 'newPassword'));
     }
     await auth.directory.setPasswordHash(userId, await hashPassword(newPassword));
+    // Whoever else holds a session (perhaps why the password changes) loses it.
+    await auth.logins.revokeOthers(userId, session.login?.id);
     return allOk;
   });
 
