@@ -139,3 +139,24 @@ describe('standalone launch with a patient picker', () => {
     expect(res.status).toBe(403);
   });
 });
+
+describe('clients and projects', () => {
+  test("a project's client signs users in to that project only", async () => {
+    const { challenge } = pkce();
+    const systemProject = t.server.services.auth.directory.systemProjectId;
+    const base = { email: t.server.admin.email, password: t.server.admin.password, clientId: client.id, codeChallenge: challenge, codeChallengeMethod: 'S256' };
+    const other = await post('auth/login', { ...base, projectId: systemProject });
+    expect(other.status).toBe(400);
+    expect(JSON.stringify(other.json)).toContain('another project');
+    // without projectId the admin's two memberships narrow to the client's project: a code at once
+    const own = await post('auth/login', base);
+    expect(own.json.code).toMatch(/^[0-9a-f]{32}$/);
+    // the profile chooser cannot pick a membership of another project either
+    const pending = await post('auth/login', { email: t.server.admin.email, password: t.server.admin.password, codeChallenge: challenge, codeChallengeMethod: 'S256' });
+    const superMembership = (pending.json.memberships as { id: string; project: { reference: string } }[]).find((m) => m.project.reference === `Project/${systemProject}`);
+    expect(superMembership).toBeDefined();
+    const viaClient = await post('auth/login', { ...base });
+    const chosen = await post('auth/profile', { login: viaClient.json.login, profile: superMembership?.id });
+    expect(chosen.status).toBe(400);
+  });
+});

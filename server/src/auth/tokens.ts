@@ -97,6 +97,7 @@ export class TokenIssuer {
           token_use: 'id',
           sub,
           aud: clientId ?? sub,
+          ...(clientId ? { azp: clientId } : {}),
           auth_time: Math.floor(login.authTime.getTime() / 1000),
           ...(login.nonce ? { nonce: login.nonce } : {}),
           fhirUser: this.fhirBaseUrl + profile.reference,

@@ -80,7 +80,12 @@ export async function loginRoutes(app: FastifyInstance, auth: AuthServices): Pro
       userAgent: request.headers['user-agent'],
     });
     let memberships = (await auth.directory.membershipsOfUser(user.id)).filter((m) => m.active !== false);
-    const projectId = optionalString(body, 'projectId') ?? client?.projectId;
+    // A project's client signs users in to that project only.
+    const requestedProject = optionalString(body, 'projectId');
+    if (client?.projectId && requestedProject && requestedProject !== client.projectId) {
+      throw new OperationOutcomeError(badRequest('This client belongs to another project', 'projectId'));
+    }
+    const projectId = client?.projectId ?? requestedProject;
     if (projectId) {
       memberships = memberships.filter((m) => m.project?.reference === `Project/${projectId}`);
     }
@@ -357,6 +362,10 @@ async function respondWithMemberships(auth: AuthServices, login: Login, membersh
 /** Binds the membership (and an EHR launch's context from its project) and issues a code. */
 async function bindMembership(auth: AuthServices, login: Login, membership: WithId<ProjectMembership>): Promise<string> {
   const projectId = projectOf(membership);
+  const client = login.clientId ? await auth.clients.find(login.clientId) : undefined;
+  if (client?.projectId && client.projectId !== projectId) {
+    throw new OperationOutcomeError(badRequest('This client belongs to another project', 'profile'));
+  }
   if (login.launchId) {
     const launch = (await auth.directory.find<SmartAppLaunch>('SmartAppLaunch', login.launchId, projectId))?.resource;
     if (!launch) {
