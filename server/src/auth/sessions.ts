@@ -136,6 +136,7 @@ export class Sessions {
       projectId,
       readProjects: [projectId, ...linkedProjects(project)],
       allProjects: superAdmin,
+      writeAllProjects: superAdmin,
       author: profile,
       access: accessPolicy ? new AccessRules(accessPolicy, PROTECTED_TYPES) : undefined,
     };

@@ -83,6 +83,8 @@ export interface RepositoryContext {
   readProjects: readonly string[];
   /** Super admins read every project. */
   allProjects?: boolean;
+  /** Super admins also update and delete resources of every project (they stay in their project). */
+  writeAllProjects?: boolean;
   author: Reference;
   /** The effective access policy; undefined for the server's own work (unrestricted). */
   access?: AccessRules;
@@ -210,7 +212,10 @@ export class PostgresRepository extends FhirRepository {
       } else {
         await tx.requireCurrentAccess(current, resource.resourceType, 'update');
       }
-      const prepared = await tx.prepareWrite(current.deleted ? tx.withoutReadonlyFields(resource) : tx.keepProtectedFields(resource, current));
+      const prepared = await tx.prepareWrite(
+        current.deleted ? tx.withoutReadonlyFields(resource) : tx.keepProtectedFields(resource, current),
+        current.project_id
+      );
       // No new version when nothing but meta changed (Binary bytes are not in the JSON, so a Binary always writes).
       if (!current.deleted && resource.resourceType !== 'Binary' && sameIgnoringMeta(current.content, prepared.resource)) {
         return { resource: tx.present(JSON.parse(current.content) as WithId<T>), created: false };
@@ -985,16 +990,21 @@ export class PostgresRepository extends FhirRepository {
     if (!ID_RE.test(id)) {
       throw new OperationOutcomeError(badRequest(`Invalid id: ${id}`, `${resourceType}.id`));
     }
-    // Writes touch the caller's own project only, even where it may read others.
+    // Writes touch the caller's own project only, even where it may read others; a super admin's
+    // reach every project (its own first, where the same id exists in several).
     const { rows } = await this.db.query<CurrentRow>(
-      `SELECT rid, project_id, version_id, deleted, content FROM resource
-       WHERE project_id = $1 AND resource_type = $2 AND id = $3 FOR UPDATE`,
+      this.context.writeAllProjects
+        ? `SELECT rid, project_id, version_id, deleted, content FROM resource
+           WHERE resource_type = $2 AND id = $3 ORDER BY project_id = $1 DESC, rid LIMIT 1 FOR UPDATE`
+        : `SELECT rid, project_id, version_id, deleted, content FROM resource
+           WHERE project_id = $1 AND resource_type = $2 AND id = $3 FOR UPDATE`,
       [this.context.projectId, resourceType, id]
     );
     return rows[0];
   }
 
-  private async prepareWrite(input: Resource): Promise<PreparedWrite> {
+  /** `projectId`: where the version is stored (an update stays in its resource's project). */
+  private async prepareWrite(input: Resource, projectId: string = this.context.projectId): Promise<PreparedWrite> {
     const resourceType = input.resourceType;
     if (typeof resourceType !== 'string' || !isStorableResourceType(resourceType)) {
       throw new OperationOutcomeError(badRequest(`Unknown resource type: ${String(resourceType)}`, 'resourceType'));
@@ -1030,14 +1040,14 @@ export class PostgresRepository extends FhirRepository {
       ...resource.meta,
       versionId,
       lastUpdated,
-      project: this.context.projectId,
+      project: projectId,
       author: this.context.author,
     };
     const content = JSON.stringify(resource);
     return {
       resource,
       index: extractIndexRows(resource, this.services.registry),
-      row: { resourceType, id, projectId: this.context.projectId, versionId, lastUpdated, content, binaryData },
+      row: { resourceType, id, projectId, versionId, lastUpdated, content, binaryData },
     };
   }
 
