@@ -29,6 +29,14 @@ export interface ServerConfig {
   loginFailuresPerAddress: number;
   /** Fastify's trustProxy: false, true, or the proxies' addresses (comma-separated, CIDR allowed). */
   trustProxy: boolean | string[];
+  /** Jobs (subscription deliveries, bot runs) this node runs at once; 0 runs none (another node does). */
+  jobWorkers: number;
+  /** First retry delay of a failed job (doubles per attempt, at most an hour). */
+  jobRetryBaseMs: number;
+  /** How long a subscription endpoint may take to answer. */
+  subscriptionTimeoutMs: number;
+  /** Private hosts/addresses/ranges outbound calls may reach (public ones always may). */
+  outboundAllowedHosts: string[];
   /** Default AuditEvent volume for projects without their own setting. */
   auditEvents: 'all' | 'writes' | 'logins' | 'none';
 }
@@ -55,9 +63,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     requestsPerMinute: parsePositiveInt(env.RATE_LIMIT_REQUESTS_PER_MINUTE, 6000),
     loginFailuresPerAccount: parsePositiveInt(env.LOGIN_FAILURES_PER_ACCOUNT, 10),
     loginFailuresPerAddress: parsePositiveInt(env.LOGIN_FAILURES_PER_ADDRESS, 100),
+    jobWorkers: parseNonNegativeInt(env.JOB_WORKERS, 4),
+    jobRetryBaseMs: parsePositiveInt(env.JOB_RETRY_BASE_MS, 1000),
+    subscriptionTimeoutMs: parsePositiveInt(env.SUBSCRIPTION_TIMEOUT_MS, 30_000),
+    outboundAllowedHosts: (env.OUTBOUND_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter(Boolean),
     trustProxy: !env.TRUST_PROXY || env.TRUST_PROXY === 'false' ? false : env.TRUST_PROXY === 'true' ? true : env.TRUST_PROXY.split(',').map((a) => a.trim()),
     auditEvents: parseChoice(env.AUDIT_EVENTS, ['all', 'writes', 'logins', 'none'] as const, 'all'),
   };
+}
+
+function parseNonNegativeInt(value: string | undefined, fallback: number): number {
+  return value === '0' ? 0 : parsePositiveInt(value, fallback);
 }
 
 function parseBoolean(value: string | undefined, fallback: boolean): boolean {

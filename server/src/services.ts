@@ -6,6 +6,12 @@ import { bootstrap } from './auth/bootstrap.ts';
 import { createAuthServices } from './auth/service.ts';
 import type { AuthServices } from './auth/service.ts';
 import type { ServerConfig } from './config.ts';
+import { OutboxDispatcher } from './jobs/outbox.ts';
+import { JobQueue } from './jobs/queue.ts';
+import { JobRunner } from './jobs/runner.ts';
+import { subscriptionMatcher } from './subscriptions/matcher.ts';
+import { OutboundPolicy } from './subscriptions/outbound.ts';
+import { restHookHandler } from './subscriptions/rest-hook.ts';
 import { migrate } from './db/migrate.ts';
 import { connectRedis } from './db/redis.ts';
 import type { RedisClient } from './db/redis.ts';
@@ -32,6 +38,7 @@ export interface ServerServices extends RepositoryServices {
   /** Present when REDIS_URL is configured. */
   redis: RedisClient | undefined;
   auth: AuthServices;
+  jobs: JobQueue;
   /** Set only on the first start when ADMIN_PASSWORD was not given: print it once. */
   generatedAdminPassword: string | undefined;
   /** A repository acting as a session (its projects and access policy). */
@@ -77,6 +84,28 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       redis
     );
     base.onWrite = (resourceType) => auth.sessions.resourceWritten(resourceType);
+    const jobs = new JobQueue(pool);
+    const logError = (err: unknown): void => console.error('job runner:', err);
+    const runner = new JobRunner(
+      pool,
+      jobs,
+      new OutboxDispatcher(pool, jobs, [subscriptionMatcher(auth.directory, auth.sessions, logError)]),
+      new Map([
+        [
+          'rest-hook',
+          restHookHandler({
+            db: pool,
+            directory: auth.directory,
+            outbound: new OutboundPolicy(config.outboundAllowedHosts),
+            audit: auth.audit,
+            timeoutMs: config.subscriptionTimeoutMs,
+          }),
+        ],
+      ]),
+      { workers: config.jobWorkers, leaseSeconds: Math.ceil(config.subscriptionTimeoutMs / 1000) + 30, retryBaseMs: config.jobRetryBaseMs, pollMs: 1000 },
+      logError
+    );
+    await runner.start();
     return {
       ...base,
       config,
@@ -84,10 +113,12 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       router: createFhirRouter(),
       capabilityStatement: buildCapabilityStatement(overlay, config.baseUrl, VERSION),
       auth,
+      jobs,
       generatedAdminPassword: projects.generatedPassword,
       redis,
       repo: (context) => new PostgresRepository(base, context),
       close: async () => {
+        await runner.stop();
         await auth.close();
         await redis?.close().catch(() => undefined);
         await pool.end();

@@ -1,4 +1,4 @@
-import type { AuditEvent, AuditEventAgent, Project, Reference } from '@medplum/fhirtypes';
+import type { AuditEvent, AuditEventAgent, Project, Reference, Subscription } from '@medplum/fhirtypes';
 import type { Directory } from './directory.ts';
 
 /** How much a project records: every access, writes only, sign-ins only, or nothing. */
@@ -13,6 +13,7 @@ const MAX_QUEUE = 10_000;
 
 const REST_TYPE = { system: 'http://terminology.hl7.org/CodeSystem/audit-event-type', code: 'rest', display: 'RESTful Operation' };
 const LOGIN_TYPE = { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110114', display: 'User Authentication' };
+const TRANSMIT_TYPE = { system: 'https://medplum.com/CodeSystem/audit-event', code: 'transmit', display: 'Transmit' };
 const LOGIN_SUBTYPE = { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110122', display: 'Login' };
 
 export interface FhirAccess {
@@ -86,6 +87,22 @@ export class AuditLog {
       outcomeDesc: detail,
       agent: [{ altId: account, requestor: true, network: { address: remoteAddress, type: '2' } }],
       source: { observer: { display: this.observer } },
+    });
+  }
+
+  /** One delivery attempt of a subscription (Medplum's `transmit` AuditEvent). */
+  transmit(projectId: string, subscription: Subscription, entity: string, success: boolean, detail: string, started: Date): void {
+    this.enqueue(projectId, {
+      resourceType: 'AuditEvent',
+      type: TRANSMIT_TYPE,
+      action: 'E',
+      recorded: new Date().toISOString(),
+      period: { start: started.toISOString(), end: new Date().toISOString() },
+      outcome: success ? '0' : '4',
+      outcomeDesc: detail,
+      agent: [{ type: { text: entity.split('/')[0] }, requestor: false }],
+      source: { observer: { reference: `Subscription/${subscription.id}` } as AuditEvent['source']['observer'] },
+      entity: [{ what: { reference: entity } }, { what: { reference: `Subscription/${subscription.id}` } }],
     });
   }
 

@@ -79,7 +79,7 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
   await app.register(async (scope) => wellKnownRoutes(scope, services.auth));
   await app.register(async (scope) => oauthRoutes(scope, services.auth));
   await app.register(async (scope) => loginRoutes(scope, services.auth));
-  await app.register(async (scope) => adminRoutes(scope, services.auth));
+  await app.register(async (scope) => adminRoutes(scope, services.auth, services.jobs));
   await app.register(async (binary) => binaryRoutes(binary, services));
   await app.register(async (fhir) => fhirRoutes(fhir, services));
   await registerAppStatic(app, APP_DIST);

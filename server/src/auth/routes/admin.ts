@@ -1,4 +1,4 @@
-import { badRequest, forbidden, OperationOutcomeError } from '@medplum/core';
+import { allOk, badRequest, forbidden, notFound, OperationOutcomeError } from '@medplum/core';
 import type { WithId } from '@medplum/core';
 import type { AccessPolicy, Binary, Bot, ClientApplication, Project, ProjectMembership, Reference, User } from '@medplum/fhirtypes';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
@@ -8,6 +8,7 @@ import { hashPassword, passwordProblem } from '../passwords.ts';
 import type { AuthServices } from '../service.ts';
 import { useJsonBodies } from '../../http/json-body.ts';
 import type { AuthSession } from '../sessions.ts';
+import type { JobQueue } from '../../jobs/queue.ts';
 import type { PostgresRepository } from '../../fhir/repo/postgres-repository.ts';
 
 type Body = Record<string, unknown>;
@@ -21,12 +22,12 @@ export async function handler(medplum: MedplumClient, event: BotEvent): Promise<
 `;
 
 /** Project administration as Medplum's admin API: invite, bots, clients, secret rotation. */
-export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Promise<void> {
+export async function adminRoutes(app: FastifyInstance, auth: AuthServices, jobs: JobQueue): Promise<void> {
   useJsonBodies(app);
   const asAdmin = async (
     request: FastifyRequest<{ Params: { projectId: string } }>,
     reply: FastifyReply,
-    creates: 'ProjectMembership' | 'ClientApplication' | 'Bot'
+    creates: 'ProjectMembership' | 'ClientApplication' | 'Bot' | undefined
   ): Promise<AuthSession & { target: Reference<Project> }> => {
     const session = await authenticate(request, reply, auth);
     if (!(session.superAdmin || (session.admin && session.project.id === request.params.projectId))) {
@@ -34,7 +35,7 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
     }
     // The token's SMART scopes count too: an app an admin signed in to with patient/Observation.rs
     // must not be able to invite users or mint clients.
-    if (session.context.access && !session.context.access.allows(creates, 'create')) {
+    if (creates && session.context.access && !session.context.access.allows(creates, 'create')) {
       throw new OperationOutcomeError(forbidden);
     }
     const project = await auth.directory.project(request.params.projectId);
@@ -141,6 +142,33 @@ export async function adminRoutes(app: FastifyInstance, auth: AuthServices): Pro
     });
     await membershipFor(repo, session.target, `ClientApplication/${client.id}`, name, body.accessPolicy as Reference<AccessPolicy> | undefined);
     return reply.status(201).send(client);
+  });
+
+  // The dead-letter list: jobs (subscription deliveries, bot runs) that used up their attempts.
+  app.get<{ Params: { projectId: string } }>('/admin/projects/:projectId/jobs', async (request, reply) => {
+    await asAdmin(request, reply, undefined);
+    const dead = await jobs.dead(request.params.projectId);
+    return {
+      jobs: dead.map((j) => ({
+        id: j.id,
+        kind: j.kind,
+        status: j.status,
+        attempts: j.attempts,
+        maxAttempts: j.maxAttempts,
+        lastError: j.lastError,
+        created: j.created.toISOString(),
+        updated: j.updated.toISOString(),
+        payload: j.payload,
+      })),
+    };
+  });
+
+  app.post<{ Params: { projectId: string; id: string } }>('/admin/projects/:projectId/jobs/:id/replay', async (request, reply) => {
+    await asAdmin(request, reply, undefined);
+    if (!(await jobs.replay(request.params.projectId, request.params.id))) {
+      throw new OperationOutcomeError(notFound);
+    }
+    return allOk;
   });
 
   // The current secret becomes the retiring one (still accepted) and a new one is issued.

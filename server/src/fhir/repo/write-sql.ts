@@ -94,6 +94,9 @@ const DELETE_INDEX_CTES = `
   dq AS (DELETE FROM sp_quantity WHERE rid = $1),
   dr AS (DELETE FROM sp_reference WHERE rid = $1)`;
 
+// Each write also adds its outbox row (docs/decisions/0009) in the same statement, so the row commits
+// or rolls back with the write. AuditEvents trigger nothing and would only fill the outbox.
+
 /** Inserts a new resource, its first history row, its Binary bytes and its index rows in one statement. */
 export async function insertResource(db: Queryable, v: VersionRow, rows: IndexRows): Promise<string> {
   const sql = `WITH
@@ -101,6 +104,8 @@ export async function insertResource(db: Queryable, v: VersionRow, rows: IndexRo
         VALUES ($1, $2, $3, $4, $5, $6) RETURNING rid),
   h AS (INSERT INTO resource_history (version_id, rid, resource_type, id, project_id, last_updated, operation, content)
         SELECT $4, w.rid, $1, $2, $3, $5, 'C', $6 FROM w),
+  o AS (INSERT INTO outbox (project_id, resource_type, resource_id, version_id, interaction)
+        SELECT $3::uuid, $1, $2, $4::uuid, 'create' FROM w WHERE $1 <> 'AuditEvent'),
   b AS (INSERT INTO binary_content (version_id, rid, data) SELECT $4, w.rid, $7::bytea FROM w WHERE $7::bytea IS NOT NULL),${insertIndexCtes(8)}
   SELECT rid FROM w`;
   const result = await db.query<{ rid: string }>(sql, [
@@ -111,11 +116,17 @@ export async function insertResource(db: Queryable, v: VersionRow, rows: IndexRo
 
 /** Replaces the current version of an existing row (also reviving a deleted one) and its index rows. */
 export async function updateResourceRow(db: Queryable, rid: string, v: VersionRow, rows: IndexRows): Promise<void> {
+  // Every CTE sees the row as it was before this statement: `prev` is the version being replaced.
   const sql = `WITH${DELETE_INDEX_CTES},
+  prev AS (SELECT version_id, deleted FROM resource WHERE rid = $1),
   w AS (UPDATE resource SET version_id = $2, last_updated = $3, content = $4, deleted = false
         WHERE rid = $1 RETURNING rid),
   h AS (INSERT INTO resource_history (version_id, rid, resource_type, id, project_id, last_updated, operation, content)
         SELECT $2, w.rid, $5, $6, $7, $3, 'U', $4 FROM w),
+  o AS (INSERT INTO outbox (project_id, resource_type, resource_id, version_id, previous_version_id, interaction)
+        SELECT $7::uuid, $5, $6, $2::uuid, CASE WHEN prev.deleted THEN NULL ELSE prev.version_id END,
+               CASE WHEN prev.deleted THEN 'create' ELSE 'update' END
+        FROM w, prev WHERE $5 <> 'AuditEvent'),
   b AS (INSERT INTO binary_content (version_id, rid, data) SELECT $2, w.rid, $8::bytea FROM w WHERE $8::bytea IS NOT NULL),${insertIndexCtes(9)}
   SELECT rid FROM w`;
   await db.query(sql, [
@@ -130,10 +141,13 @@ export async function deleteResourceRow(
   v: Omit<VersionRow, 'content' | 'binaryData'>
 ): Promise<void> {
   const sql = `WITH${DELETE_INDEX_CTES},
+  prev AS (SELECT version_id FROM resource WHERE rid = $1),
   w AS (UPDATE resource SET version_id = $2, last_updated = $3, content = '', deleted = true
         WHERE rid = $1 RETURNING rid),
   h AS (INSERT INTO resource_history (version_id, rid, resource_type, id, project_id, last_updated, operation, content)
-        SELECT $2, w.rid, $4, $5, $6, $3, 'D', '' FROM w)
+        SELECT $2, w.rid, $4, $5, $6, $3, 'D', '' FROM w),
+  o AS (INSERT INTO outbox (project_id, resource_type, resource_id, version_id, previous_version_id, interaction)
+        SELECT $6::uuid, $4, $5, $2::uuid, prev.version_id, 'delete' FROM w, prev WHERE $4 <> 'AuditEvent')
   SELECT rid FROM w`;
   await db.query(sql, [rid, v.versionId, v.lastUpdated, v.resourceType, v.id, v.projectId]);
 }

@@ -1,0 +1,51 @@
+-- Durable side effects (docs/decisions/0009-outbox-and-jobs.md).
+
+-- Every resource write (AuditEvents aside) adds a row here in the same statement: the transactional
+-- outbox. The dispatcher turns rows into jobs (subscription deliveries, bot runs) and deletes them
+-- in one transaction, so a crash anywhere delays a side effect and never drops it.
+CREATE TABLE outbox (
+  id                  bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  project_id          uuid        NOT NULL,
+  resource_type       text        NOT NULL,
+  resource_id         text        NOT NULL,
+  version_id          uuid        NOT NULL,
+  previous_version_id uuid,
+  interaction         text        NOT NULL CHECK (interaction IN ('create', 'update', 'delete')),
+  created             timestamptz NOT NULL DEFAULT now()
+);
+
+-- Wake the dispatcher as soon as a write commits (NOTIFY is delivered at commit).
+CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('ermis_outbox', '');
+  RETURN NULL;
+END $$;
+CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+
+-- Work to do, claimed with FOR UPDATE SKIP LOCKED by any node. A running job whose lease ran out
+-- (its node died) is claimed again. Jobs that use up their attempts stay as 'dead' until an admin
+-- replays them; finished jobs are deleted (their AuditEvents remain).
+CREATE TABLE job (
+  id           bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  project_id   uuid        NOT NULL,
+  kind         text        NOT NULL,
+  payload      jsonb       NOT NULL,
+  status       text        NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'dead')),
+  attempts     int         NOT NULL DEFAULT 0,
+  max_attempts int         NOT NULL,
+  run_at       timestamptz NOT NULL DEFAULT now(),
+  locked_until timestamptz,
+  last_error   text,
+  created      timestamptz NOT NULL DEFAULT now(),
+  updated      timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX job_ready ON job (run_at) WHERE status = 'pending';
+CREATE INDEX job_lease ON job (locked_until) WHERE status = 'running';
+CREATE INDEX job_dead ON job (project_id, updated DESC) WHERE status = 'dead';
+
+CREATE FUNCTION job_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('ermis_jobs', '');
+  RETURN NULL;
+END $$;
+CREATE TRIGGER job_notify AFTER INSERT OR UPDATE OF status, run_at ON job FOR EACH STATEMENT EXECUTE FUNCTION job_notify();

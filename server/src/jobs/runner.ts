@@ -1,0 +1,139 @@
+import type pg from 'pg';
+import type { OutboxDispatcher } from './outbox.ts';
+import type { Job, JobQueue } from './queue.ts';
+
+/** What a job handler throws to say how its failure should be treated. */
+export class JobFailure extends Error {
+  /** No retry can succeed (e.g. a refused address): the job goes to the dead-letter list at once. */
+  readonly permanent: boolean;
+  constructor(message: string, permanent = false) {
+    super(message);
+    this.permanent = permanent;
+  }
+}
+
+export type JobHandler = (job: Job) => Promise<void>;
+
+export interface RunnerOptions {
+  /** Jobs run at once by this node. */
+  workers: number;
+  /** How long a claimed job is this node's before another may take it. */
+  leaseSeconds: number;
+  /** First retry delay; doubles per attempt up to an hour. */
+  retryBaseMs: number;
+  /** Polling interval when no notification arrives (other nodes' work, retries coming due). */
+  pollMs: number;
+}
+
+/**
+ * Runs the outbox dispatcher and the job handlers of this node. Woken by Postgres NOTIFY when a
+ * write commits or a job is queued, and polling as a fallback.
+ */
+export class JobRunner {
+  private readonly pool: pg.Pool;
+  private readonly queue: JobQueue;
+  private readonly dispatcher: OutboxDispatcher;
+  private readonly handlers: ReadonlyMap<string, JobHandler>;
+  private readonly options: RunnerOptions;
+  private listener: pg.PoolClient | undefined;
+  private running = false;
+  private readonly waiters = new Set<() => void>();
+  private loops: Promise<void>[] = [];
+  private readonly onError: (err: unknown) => void;
+
+  constructor(
+    pool: pg.Pool,
+    queue: JobQueue,
+    dispatcher: OutboxDispatcher,
+    handlers: ReadonlyMap<string, JobHandler>,
+    options: RunnerOptions,
+    onError: (err: unknown) => void
+  ) {
+    this.pool = pool;
+    this.queue = queue;
+    this.dispatcher = dispatcher;
+    this.handlers = handlers;
+    this.options = options;
+    this.onError = onError;
+  }
+
+  async start(): Promise<void> {
+    if (this.options.workers <= 0) {
+      return;
+    }
+    this.running = true;
+    this.listener = await this.pool.connect();
+    this.listener.on('notification', () => this.notify());
+    await this.listener.query('LISTEN ermis_outbox');
+    await this.listener.query('LISTEN ermis_jobs');
+    this.loops = [this.loop(() => this.dispatchAll())];
+    for (let i = 0; i < this.options.workers; i++) {
+      this.loops.push(this.loop(() => this.runOne()));
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.running = false;
+    this.notify();
+    await Promise.all(this.loops);
+    if (this.listener) {
+      await this.listener.query('UNLISTEN *').catch(() => undefined);
+      this.listener.release();
+      this.listener = undefined;
+    }
+  }
+
+  private notify(): void {
+    const waiters = [...this.waiters];
+    this.waiters.clear();
+    waiters.forEach((wake) => wake());
+  }
+
+  /** Repeats `step` while it finds work; otherwise sleeps until notified or the poll interval passes. */
+  private async loop(step: () => Promise<boolean>): Promise<void> {
+    while (this.running) {
+      let worked = false;
+      try {
+        worked = await step();
+      } catch (err) {
+        this.onError(err);
+      }
+      if (!worked && this.running) {
+        await new Promise<void>((resolve) => {
+          const wake = (): void => {
+            clearTimeout(timer);
+            this.waiters.delete(wake);
+            resolve();
+          };
+          const timer = setTimeout(wake, this.options.pollMs);
+          this.waiters.add(wake);
+        });
+      }
+    }
+  }
+
+  private async dispatchAll(): Promise<boolean> {
+    let any = false;
+    while (this.running && (await this.dispatcher.runOnce()) > 0) {
+      any = true;
+    }
+    return any;
+  }
+
+  private async runOne(): Promise<boolean> {
+    const job = await this.queue.claim([...this.handlers.keys()], this.options.leaseSeconds);
+    if (!job) {
+      return false;
+    }
+    const handler = this.handlers.get(job.kind) as JobHandler;
+    try {
+      await handler(job);
+      await this.queue.complete(job.id);
+    } catch (err) {
+      const permanent = err instanceof JobFailure && err.permanent;
+      const delay = Math.min(this.options.retryBaseMs * 2 ** (job.attempts - 1), 3600_000);
+      await this.queue.fail(job, err instanceof Error ? err.message : String(err), delay, permanent);
+    }
+    return true;
+  }
+}

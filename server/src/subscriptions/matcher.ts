@@ -1,0 +1,142 @@
+import { resourceMatchesSubscriptionCriteria } from '@medplum/core';
+import type { Resource, Subscription } from '@medplum/fhirtypes';
+import type pg from 'pg';
+import type { Directory } from '../auth/directory.ts';
+import type { Sessions } from '../auth/sessions.ts';
+import type { EventHandler, OutboxEvent } from '../jobs/outbox.ts';
+import type { NewJob } from '../jobs/queue.ts';
+
+export const MAX_ATTEMPTS_EXTENSION = 'https://medplum.com/fhir/StructureDefinition/subscription-max-attempts';
+const DEFAULT_MAX_ATTEMPTS = 4;
+const ATTEMPTS_CAP = 50;
+
+/** The payload of a subscription delivery job. */
+export interface DeliveryPayload {
+  [key: string]: unknown;
+  subscriptionId: string;
+  resourceType: string;
+  resourceId: string;
+  versionId: string;
+  interaction: OutboxEvent['interaction'];
+}
+
+/**
+ * Finds, for each committed write, the project's active rest-hook Subscriptions it matches
+ * (Medplum's rules: criteria, `fhir-path-criteria-expression` with %current/%previous,
+ * `subscription-supported-interaction`) and whose author may read the resource, and makes one
+ * delivery job each. Subscriptions are read from the database every batch, so one created on
+ * another node counts from its commit on.
+ */
+export function subscriptionMatcher(directory: Directory, sessions: Sessions, onError: (err: unknown) => void): EventHandler {
+  return async (events: OutboxEvent[], db: pg.PoolClient): Promise<NewJob[]> => {
+    const projects = [...new Set(events.map((e) => e.projectId))];
+    const { rows: subscriptionRows } = await db.query<{ project_id: string; content: string }>(
+      `SELECT project_id, content FROM resource WHERE resource_type = 'Subscription' AND project_id = ANY($1::uuid[]) AND NOT deleted`,
+      [projects]
+    );
+    const byProject = new Map<string, Subscription[]>();
+    for (const row of subscriptionRows) {
+      const subscription = JSON.parse(row.content) as Subscription;
+      if (subscription.status === 'active' && subscription.channel?.type === 'rest-hook' && subscription.channel.endpoint) {
+        byProject.set(row.project_id, [...(byProject.get(row.project_id) ?? []), subscription]);
+      }
+    }
+    const relevant = events.filter((e) => byProject.has(e.projectId));
+    if (relevant.length === 0) {
+      return [];
+    }
+    const versions = await loadVersions(db, relevant.flatMap((e) => [e.versionId, e.previousVersionId]).filter((v): v is string => !!v));
+    const jobs: NewJob[] = [];
+    const readers = new Map<string, Promise<(event: OutboxEvent) => Promise<boolean>>>();
+    for (const event of relevant) {
+      // A delete has no current content: it is matched on the version it deleted.
+      const resource = versions.get(event.interaction === 'delete' ? (event.previousVersionId ?? '') : event.versionId);
+      if (!resource) {
+        continue;
+      }
+      const previous = event.previousVersionId && event.interaction !== 'delete' ? versions.get(event.previousVersionId) : undefined;
+      for (const subscription of byProject.get(event.projectId) ?? []) {
+        try {
+          const matches = await resourceMatchesSubscriptionCriteria({
+            resource,
+            subscription,
+            context: { interaction: event.interaction },
+            getPreviousResource: async () => previous,
+          });
+          if (!matches) {
+            continue;
+          }
+          const author = subscription.meta?.author?.reference ?? 'system';
+          let reader = readers.get(`${event.projectId}|${author}`);
+          if (!reader) {
+            reader = authorReader(directory, sessions, author, event.projectId);
+            readers.set(`${event.projectId}|${author}`, reader);
+          }
+          if (!(await (await reader)(event))) {
+            continue;
+          }
+        } catch (err) {
+          onError(err);
+          continue;
+        }
+        const payload: DeliveryPayload = {
+          subscriptionId: subscription.id as string,
+          resourceType: event.resourceType,
+          resourceId: event.resourceId,
+          versionId: event.versionId,
+          interaction: event.interaction,
+        };
+        jobs.push({ projectId: event.projectId, kind: 'rest-hook', payload, maxAttempts: maxAttempts(subscription) });
+      }
+    }
+    return jobs;
+  };
+}
+
+async function loadVersions(db: pg.PoolClient, versionIds: string[]): Promise<Map<string, Resource>> {
+  const { rows } = await db.query<{ version_id: string; content: string }>(
+    `SELECT version_id, content FROM resource_history WHERE version_id = ANY($1::uuid[]) AND operation <> 'D'`,
+    [versionIds]
+  );
+  return new Map(rows.map((r) => [r.version_id, JSON.parse(r.content) as Resource]));
+}
+
+function maxAttempts(subscription: Subscription): number {
+  const value = subscription.extension?.find((e) => e.url === MAX_ATTEMPTS_EXTENSION)?.valueInteger;
+  return Number.isInteger(value) && (value as number) > 0 ? Math.min(value as number, ATTEMPTS_CAP) : DEFAULT_MAX_ATTEMPTS;
+}
+
+/**
+ * Whether a Subscription's author may see the written resource: a subscription must not become a
+ * way around its author's access policy. A subscription the server wrote (no membership) sees all.
+ */
+async function authorReader(
+  directory: Directory,
+  sessions: Sessions,
+  author: string,
+  projectId: string
+): Promise<(event: OutboxEvent) => Promise<boolean>> {
+  const membership = author === 'system' ? undefined : await directory.membershipOfProfile(author, projectId);
+  if (!membership) {
+    return async () => author === 'system';
+  }
+  if (membership.active === false) {
+    return async () => false;
+  }
+  const session = await sessions.fromMembership(membership, projectId, { scope: 'openid' });
+  const access = session.context.access;
+  if (!access) {
+    return async () => true;
+  }
+  const repo = directory.repoFor(session.context);
+  return async (event) => {
+    if (event.interaction === 'delete') {
+      // nothing left to match criteria against: only a policy without row criteria sees deletes
+      return access.rowScope(event.resourceType, 'read').kind === 'all';
+    }
+    return repo.readResource(event.resourceType, event.resourceId).then(
+      () => true,
+      () => false
+    );
+  };
+}
