@@ -35,6 +35,12 @@ export interface ServerConfig {
   jobRetryBaseMs: number;
   /** How long a subscription endpoint may take to answer. */
   subscriptionTimeoutMs: number;
+  /** Wall-clock limit of a bot execution (Bot.timeout, in seconds, overrides it per bot). */
+  botTimeoutMs: number;
+  /** Heap limit of a bot execution's process. */
+  botMemoryMb: number;
+  /** Bot executions at once on this node. */
+  botConcurrency: number;
   /** Private hosts/addresses/ranges outbound calls may reach (public ones always may). */
   outboundAllowedHosts: string[];
   /** Default AuditEvent volume for projects without their own setting. */
@@ -66,6 +72,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     jobWorkers: parseNonNegativeInt(env.JOB_WORKERS, 4),
     jobRetryBaseMs: parsePositiveInt(env.JOB_RETRY_BASE_MS, 1000),
     subscriptionTimeoutMs: parsePositiveInt(env.SUBSCRIPTION_TIMEOUT_MS, 30_000),
+    botTimeoutMs: parsePositiveInt(env.BOT_TIMEOUT_MS, 30_000),
+    botMemoryMb: parsePositiveInt(env.BOT_MEMORY_MB, 256),
+    botConcurrency: parsePositiveInt(env.BOT_CONCURRENCY, 4),
     outboundAllowedHosts: (env.OUTBOUND_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter(Boolean),
     trustProxy: !env.TRUST_PROXY || env.TRUST_PROXY === 'false' ? false : env.TRUST_PROXY === 'true' ? true : env.TRUST_PROXY.split(',').map((a) => a.trim()),
     auditEvents: parseChoice(env.AUDIT_EVENTS, ['all', 'writes', 'logins', 'none'] as const, 'all'),

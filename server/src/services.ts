@@ -6,6 +6,9 @@ import { bootstrap } from './auth/bootstrap.ts';
 import { createAuthServices } from './auth/service.ts';
 import type { AuthServices } from './auth/service.ts';
 import type { ServerConfig } from './config.ts';
+import { BotExecutor } from './bots/executor.ts';
+import { BotRuntime } from './bots/runtime.ts';
+import { botSubscriptionHandler } from './bots/subscription.ts';
 import { OutboxDispatcher } from './jobs/outbox.ts';
 import { JobQueue } from './jobs/queue.ts';
 import { JobRunner } from './jobs/runner.ts';
@@ -39,6 +42,7 @@ export interface ServerServices extends RepositoryServices {
   redis: RedisClient | undefined;
   auth: AuthServices;
   jobs: JobQueue;
+  bots: BotExecutor;
   /** Set only on the first start when ADMIN_PASSWORD was not given: print it once. */
   generatedAdminPassword: string | undefined;
   /** A repository acting as a session (its projects and access policy). */
@@ -85,6 +89,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
     );
     base.onWrite = (resourceType) => auth.sessions.resourceWritten(resourceType);
     const jobs = new JobQueue(pool);
+    const bots = new BotExecutor(auth, new BotRuntime({ timeoutMs: config.botTimeoutMs, memoryMb: config.botMemoryMb, concurrency: config.botConcurrency }));
     const logError = (err: unknown): void => console.error('job runner:', err);
     const runner = new JobRunner(
       pool,
@@ -101,6 +106,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
             timeoutMs: config.subscriptionTimeoutMs,
           }),
         ],
+        ['bot', botSubscriptionHandler(pool, auth.directory, bots)],
       ]),
       { workers: config.jobWorkers, leaseSeconds: Math.ceil(config.subscriptionTimeoutMs / 1000) + 30, retryBaseMs: config.jobRetryBaseMs, pollMs: 1000 },
       logError
@@ -114,6 +120,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       capabilityStatement: buildCapabilityStatement(overlay, config.baseUrl, VERSION),
       auth,
       jobs,
+      bots,
       generatedAdminPassword: projects.generatedPassword,
       redis,
       repo: (context) => new PostgresRepository(base, context),

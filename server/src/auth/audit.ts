@@ -14,6 +14,7 @@ const MAX_QUEUE = 10_000;
 const REST_TYPE = { system: 'http://terminology.hl7.org/CodeSystem/audit-event-type', code: 'rest', display: 'RESTful Operation' };
 const LOGIN_TYPE = { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110114', display: 'User Authentication' };
 const TRANSMIT_TYPE = { system: 'https://medplum.com/CodeSystem/audit-event', code: 'transmit', display: 'Transmit' };
+const EXECUTE_TYPE = { system: 'https://medplum.com/CodeSystem/audit-event', code: 'execute', display: 'Execute' };
 const LOGIN_SUBTYPE = { system: 'http://dicom.nema.org/resources/ontology/DCM', code: '110122', display: 'Login' };
 
 export interface FhirAccess {
@@ -103,6 +104,23 @@ export class AuditLog {
       agent: [{ type: { text: entity.split('/')[0] }, requestor: false }],
       source: { observer: { reference: `Subscription/${subscription.id}` } as AuditEvent['source']['observer'] },
       entity: [{ what: { reference: entity } }, { what: { reference: `Subscription/${subscription.id}` } }],
+    });
+  }
+
+  /** One bot execution, with its outcome and what it wrote to the console. */
+  botExecution(projectId: string, bot: { id: string; name?: string }, success: boolean, detail: string, durationMs: number): void {
+    const end = new Date();
+    this.enqueue(projectId, {
+      resourceType: 'AuditEvent',
+      type: EXECUTE_TYPE,
+      action: 'E',
+      recorded: end.toISOString(),
+      period: { start: new Date(end.getTime() - durationMs).toISOString(), end: end.toISOString() },
+      outcome: success ? '0' : '4',
+      ...(detail ? { outcomeDesc: detail.slice(0, 10_000) } : {}),
+      agent: [{ who: { reference: `Bot/${bot.id}`, display: bot.name }, requestor: false }],
+      source: { observer: { reference: `Bot/${bot.id}` } as AuditEvent['source']['observer'] },
+      entity: [{ what: { reference: `Bot/${bot.id}` } }],
     });
   }
 

@@ -6,7 +6,7 @@ const CODE_LIFETIME = '5 minutes';
 /** How long an unfinished sign-in (choose profile, pick a patient) stays usable. */
 const PENDING_LIFETIME = '1 hour';
 
-export type AuthMethod = 'password' | 'client' | 'basic';
+export type AuthMethod = 'password' | 'client' | 'basic' | 'execute';
 
 /** One authentication: what tokens point at, and what logout and refresh-token reuse revoke. */
 export interface Login {

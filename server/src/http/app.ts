@@ -17,6 +17,7 @@ import type { AuthSession } from '../auth/sessions.ts';
 import { readStoredBinary } from '../fhir/repo/storage-read.ts';
 import type { PostgresRepository } from '../fhir/repo/postgres-repository.ts';
 import { registerAppStatic } from './app-static.ts';
+import { botRoutes } from '../bots/routes.ts';
 import { handleFhirRequest, parseIfMatch } from '../fhir/router.ts';
 import type { ServerServices } from '../services.ts';
 import { VERSION } from '../services.ts';
@@ -80,6 +81,7 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
   await app.register(async (scope) => oauthRoutes(scope, services.auth));
   await app.register(async (scope) => loginRoutes(scope, services.auth));
   await app.register(async (scope) => adminRoutes(scope, services.auth, services.jobs));
+  await app.register(async (scope) => botRoutes(scope, services, services.bots));
   await app.register(async (binary) => binaryRoutes(binary, services));
   await app.register(async (fhir) => fhirRoutes(fhir, services));
   await registerAppStatic(app, APP_DIST);

@@ -86,7 +86,8 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
           versionId: event.versionId,
           interaction: event.interaction,
         };
-        jobs.push({ projectId: event.projectId, kind: 'rest-hook', payload, maxAttempts: maxAttempts(subscription) });
+        const kind = subscription.channel?.endpoint?.startsWith('Bot/') ? 'bot' : 'rest-hook';
+        jobs.push({ projectId: event.projectId, kind, payload, maxAttempts: maxAttempts(subscription) });
       }
     }
     return jobs;

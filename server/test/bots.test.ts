@@ -1,0 +1,166 @@
+import type { AuditEvent, Bot, Patient, Project, Subscription } from '@medplum/fhirtypes';
+import { describe, expect, test } from 'vitest';
+import { unique, useTestServer } from './harness.ts';
+
+const t = useTestServer({ BOT_TIMEOUT_MS: '3000', BOT_MEMORY_MB: '64', JOB_RETRY_BASE_MS: '50' });
+
+async function deployBot(code: string, extra: Partial<Bot> = {}): Promise<Bot> {
+  const bot = (await t.medplum.post(`admin/projects/${t.server.projectId}/bot`, { name: unique('bot') })) as Bot;
+  const deployed = await t.medplum.post(`fhir/R4/Bot/${bot.id}/$deploy`, { code, filename: 'index.js' });
+  expect(deployed).toMatchObject({ resourceType: 'OperationOutcome', id: 'ok' });
+  const current = await t.medplum.readResource('Bot', bot.id as string);
+  return Object.keys(extra).length ? t.medplum.updateResource<Bot>({ ...current, ...extra }) : current;
+}
+
+async function execute(botId: string, body: string, contentType: string): Promise<{ status: number; type: string | null; text: string }> {
+  const res = await fetch(`${t.server.fhirUrl}Bot/${botId}/$execute`, {
+    method: 'POST',
+    headers: { ...t.server.authorization, 'Content-Type': contentType },
+    body,
+  });
+  return { status: res.status, type: res.headers.get('content-type'), text: await res.text() };
+}
+
+async function executions(botId: string, count: number): Promise<AuditEvent[]> {
+  for (let i = 0; i < 200; i++) {
+    await t.server.services.auth.audit.flush();
+    const events = await t.medplum.searchResources('AuditEvent', { entity: `Bot/${botId}`, type: 'https://medplum.com/CodeSystem/audit-event|execute' });
+    if (events.length >= count) {
+      return events;
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return [];
+}
+
+const ECHO = `
+exports.handler = async function (medplum, event) {
+  console.log('content type', event.contentType);
+  if (event.contentType === 'x-application/hl7-v2+er7') {
+    return event.input.buildAck();
+  }
+  if (typeof event.input === 'string') {
+    return 'got ' + event.input.length + ' characters: ' + event.input.split('\\n')[0];
+  }
+  const patient = await medplum.createResource({ resourceType: 'Patient', name: [{ family: event.input.family }] });
+  return { patient: patient.id, secret: event.secrets.LAB_KEY && event.secrets.LAB_KEY.valueString, bot: event.bot.reference, requester: event.requester && event.requester.reference };
+};
+`;
+
+describe('deploy and execute', () => {
+  test('JSON in, JSON out; the bot writes through its own MedplumClient and gets the project secrets', async () => {
+    const project = await t.medplum.readResource('Project', t.server.projectId);
+    await t.medplum.updateResource<Project>({ ...project, secret: [{ name: 'LAB_KEY', valueString: 'k-123' }] });
+    const bot = await deployBot(ECHO);
+    const family = unique('BotMade');
+    const res = await execute(bot.id as string, JSON.stringify({ family }), 'application/json');
+    expect(res.status).toBe(200);
+    expect(res.type).toMatch(/^application\/json/);
+    const body = JSON.parse(res.text);
+    expect(body).toMatchObject({ secret: 'k-123', bot: `Bot/${bot.id}` });
+    expect(body.requester).toMatch(/^Practitioner\//);
+    const made = (await t.medplum.readResource('Patient', body.patient)) as Patient;
+    expect(made.name?.[0].family).toBe(family);
+    // the bot wrote as itself
+    const extended = await (await t.server.fhir(`Patient/${body.patient}`, { headers: { 'X-Medplum': 'extended' } })).json();
+    expect(extended.meta.author.reference).toBe(`Bot/${bot.id}`);
+    const audits = await executions(bot.id as string, 1);
+    expect(audits[0]).toMatchObject({ outcome: '0' });
+    expect(audits[0].outcomeDesc).toContain('content type application/json');
+  });
+
+  test('text, CSV and HL7 v2 bodies; an Hl7Message answer comes back as HL7', async () => {
+    const bot = await deployBot(ECHO);
+    const text = await execute(bot.id as string, 'hello world', 'text/plain');
+    expect(text).toMatchObject({ status: 200, text: 'got 11 characters: hello world' });
+    expect(text.type).toMatch(/^text\/plain/);
+    const csv = await execute(bot.id as string, 'code,value\n2345-7,5.4\n', 'text/csv');
+    expect(csv.text).toBe('got 22 characters: code,value');
+    const oru = 'MSH|^~\\&|LIS|LAB|ERMIS|CLINIC|20240102030405||ORU^R01|MSG-1|P|2.5.1\rPID|1||123\r';
+    const ack = await execute(bot.id as string, oru, 'x-application/hl7-v2+er7');
+    expect(ack.status).toBe(200);
+    expect(ack.type).toMatch(/^x-application\/hl7-v2\+er7/);
+    expect(ack.text).toMatch(/^MSH\|\^~\\&\|/);
+    expect(ack.text).toContain('MSA|AA|MSG-1');
+  });
+
+  test('$execute by identifier; unknown bots and undeployed bots answer with an OperationOutcome', async () => {
+    const system = 'https://ermis.example/bots';
+    const value = unique('echo');
+    const bot = await deployBot(ECHO, { identifier: [{ system, value }] });
+    const res = await fetch(`${t.server.fhirUrl}Bot/$execute?identifier=${encodeURIComponent(`${system}|${value}`)}`, {
+      method: 'POST',
+      headers: { ...t.server.authorization, 'Content-Type': 'text/plain' },
+      body: 'by identifier',
+    });
+    expect(await res.text()).toBe('got 13 characters: by identifier');
+    expect((await execute('no-such-bot', '{}', 'application/json')).status).toBe(404);
+    const fresh = (await t.medplum.post(`admin/projects/${t.server.projectId}/bot`, { name: unique('empty') })) as Bot;
+    const undeployed = await execute(fresh.id as string, '{}', 'application/json');
+    expect(undeployed.status).toBe(400);
+    expect(undeployed.text).toContain('no deployed code');
+    expect(bot.id).toBeDefined();
+  });
+
+  test('$deploy refuses code that does not compile, and keeps the previous code', async () => {
+    const bot = await deployBot(ECHO);
+    await expect(t.medplum.post(`fhir/R4/Bot/${bot.id}/$deploy`, { code: 'exports.handler = async (', filename: 'x.js' })).rejects.toThrow('does not compile');
+    await expect(t.medplum.post(`fhir/R4/Bot/${bot.id}/$deploy`, {})).rejects.toThrow('Missing code');
+    expect((await execute(bot.id as string, 'still here', 'text/plain')).text).toBe('got 10 characters: still here');
+  });
+});
+
+describe('misbehaving bots are contained', () => {
+  const cases: [string, string, RegExp][] = [
+    ['an async wait that never ends', 'exports.handler = () => new Promise(() => {});', /timed out after 3000 ms/],
+    ['a CPU loop', 'exports.handler = async () => { for (;;) {} };', /timed out after 3000 ms/],
+    ['a memory blow-up', 'exports.handler = async () => { const a = []; for (;;) a.push(new Array(1e6).fill(7)); };', /out of memory/],
+    ['a thrown error', "exports.handler = async () => { throw new Error('lab profile missing'); };", /lab profile missing/],
+    ['process.exit', 'exports.handler = async () => { process.exit(1); };', /exited \(code 1\)/],
+    ['reading server files', "exports.handler = async () => (await import('node:fs')).readFileSync('/etc/hostname', 'utf8');", /restricted/],
+    ['starting a process', "exports.handler = async () => require('child_process').execSync('id');", /not available to bots/],
+  ];
+  test.each(cases)('%s: the bot fails alone, with an audited error; the server keeps serving', async (_name, code, expected) => {
+    const bot = await deployBot(code);
+    const [res, health] = await Promise.all([
+      execute(bot.id as string, '{}', 'application/json'),
+      // while the bot misbehaves, other requests are answered
+      (async () => {
+        await new Promise((r) => setTimeout(r, 200));
+        return t.server.fhir('Patient?_count=1');
+      })(),
+    ]);
+    expect(health.status).toBe(200);
+    expect(res.status).toBe(400);
+    expect(JSON.parse(res.text).issue[0].details.text).toMatch(expected);
+    const audits = await executions(bot.id as string, 1);
+    expect(audits[0].outcome).toBe('4');
+    expect(audits[0].outcomeDesc).toMatch(expected);
+  });
+});
+
+describe('subscriptions with a Bot endpoint', () => {
+  test('the bot runs with the resource as input', async () => {
+    const family = unique('Trigger');
+    const bot = await deployBot(`
+exports.handler = async function (medplum, event) {
+  const patient = event.input;
+  await medplum.createResource({ resourceType: 'Communication', status: 'completed', subject: { reference: 'Patient/' + patient.id }, payload: [{ contentString: event.headers['X-Medplum-Interaction'] }] });
+};`);
+    await t.medplum.createResource<Subscription>({
+      resourceType: 'Subscription',
+      status: 'active',
+      reason: 'bot',
+      criteria: `Patient?name=${family}`,
+      channel: { type: 'rest-hook', endpoint: `Bot/${bot.id}` },
+    });
+    const patient = await t.medplum.createResource<Patient>({ resourceType: 'Patient', name: [{ family }] });
+    let found: unknown[] = [];
+    for (let i = 0; i < 400 && found.length === 0; i++) {
+      found = await t.medplum.searchResources('Communication', { subject: `Patient/${patient.id}` });
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(found).toHaveLength(1);
+    expect((found[0] as { payload: { contentString: string }[] }).payload[0].contentString).toBe('create');
+  });
+});
