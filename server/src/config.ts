@@ -33,6 +33,8 @@ export interface ServerConfig {
   jobWorkers: number;
   /** First retry delay of a failed job (doubles per attempt, at most an hour). */
   jobRetryBaseMs: number;
+  /** How long a claimed job is its node's before another node may take it (a crashed node's jobs wait this long). */
+  jobLeaseSeconds: number;
   /** How long a subscription endpoint may take to answer. */
   subscriptionTimeoutMs: number;
   /** Wall-clock limit of a bot execution (Bot.timeout, in seconds, overrides it per bot). */
@@ -72,6 +74,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     jobWorkers: parseNonNegativeInt(env.JOB_WORKERS, 4),
     jobRetryBaseMs: parsePositiveInt(env.JOB_RETRY_BASE_MS, 1000),
     subscriptionTimeoutMs: parsePositiveInt(env.SUBSCRIPTION_TIMEOUT_MS, 30_000),
+    jobLeaseSeconds: parsePositiveInt(env.JOB_LEASE_SECONDS, 90),
     botTimeoutMs: parsePositiveInt(env.BOT_TIMEOUT_MS, 30_000),
     botMemoryMb: parsePositiveInt(env.BOT_MEMORY_MB, 256),
     botConcurrency: parsePositiveInt(env.BOT_CONCURRENCY, 4),

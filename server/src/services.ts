@@ -15,6 +15,7 @@ import { JobRunner } from './jobs/runner.ts';
 import { subscriptionMatcher } from './subscriptions/matcher.ts';
 import { OutboundPolicy } from './subscriptions/outbound.ts';
 import { restHookHandler } from './subscriptions/rest-hook.ts';
+import { WebsocketHub } from './subscriptions/websocket.ts';
 import { migrate } from './db/migrate.ts';
 import { connectRedis } from './db/redis.ts';
 import type { RedisClient } from './db/redis.ts';
@@ -43,6 +44,7 @@ export interface ServerServices extends RepositoryServices {
   auth: AuthServices;
   jobs: JobQueue;
   bots: BotExecutor;
+  websockets: WebsocketHub;
   /** Set only on the first start when ADMIN_PASSWORD was not given: print it once. */
   generatedAdminPassword: string | undefined;
   /** A repository acting as a session (its projects and access policy). */
@@ -108,10 +110,18 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
         ],
         ['bot', botSubscriptionHandler(pool, auth.directory, bots)],
       ]),
-      { workers: config.jobWorkers, leaseSeconds: Math.ceil(config.subscriptionTimeoutMs / 1000) + 30, retryBaseMs: config.jobRetryBaseMs, pollMs: 1000 },
+      {
+        workers: config.jobWorkers,
+        // A lease shorter than the longest job would let a second node run it while the first still does.
+        leaseSeconds: Math.max(config.jobLeaseSeconds, Math.ceil(Math.max(config.subscriptionTimeoutMs, config.botTimeoutMs) / 1000) + 5),
+        retryBaseMs: config.jobRetryBaseMs,
+        pollMs: 1000,
+      },
       logError
     );
     await runner.start();
+    const websockets = new WebsocketHub(pool, auth);
+    await websockets.start();
     return {
       ...base,
       config,
@@ -121,11 +131,13 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       auth,
       jobs,
       bots,
+      websockets,
       generatedAdminPassword: projects.generatedPassword,
       redis,
       repo: (context) => new PostgresRepository(base, context),
       close: async () => {
         await runner.stop();
+        await websockets.stop();
         await auth.close();
         await redis?.close().catch(() => undefined);
         await pool.end();

@@ -82,6 +82,7 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
   await app.register(async (scope) => loginRoutes(scope, services.auth));
   await app.register(async (scope) => adminRoutes(scope, services.auth, services.jobs));
   await app.register(async (scope) => botRoutes(scope, services, services.bots));
+  await app.register(async (scope) => services.websockets.register(scope, services));
   await app.register(async (binary) => binaryRoutes(binary, services));
   await app.register(async (fhir) => fhirRoutes(fhir, services));
   await registerAppStatic(app, APP_DIST);

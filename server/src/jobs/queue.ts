@@ -4,6 +4,8 @@ export type JobStatus = 'pending' | 'running' | 'dead';
 
 export interface Job<P = Record<string, unknown>> {
   id: string;
+  /** This claim's lease; finishing or failing the job needs it. */
+  lease: string;
   projectId: string;
   kind: string;
   payload: P;
@@ -18,6 +20,7 @@ export interface Job<P = Record<string, unknown>> {
 
 interface JobRow {
   id: string;
+  lease: string;
   project_id: string;
   kind: string;
   payload: Record<string, unknown>;
@@ -33,6 +36,7 @@ interface JobRow {
 function toJob(row: JobRow): Job {
   return {
     id: row.id,
+    lease: row.lease,
     projectId: row.project_id,
     kind: row.kind,
     payload: row.payload,
@@ -79,7 +83,8 @@ export class JobQueue {
   /** Takes one due job of the given kinds (or of an expired lease), leased for `leaseSeconds`. */
   async claim(kinds: readonly string[], leaseSeconds: number): Promise<Job | undefined> {
     const { rows } = await this.db.query<JobRow>(
-      `UPDATE job SET status = 'running', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2), updated = now()
+      `UPDATE job SET status = 'running', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
+              lease = gen_random_uuid(), updated = now()
        WHERE id = (
          SELECT id FROM job
          WHERE kind = ANY($1::text[])
@@ -94,8 +99,8 @@ export class JobQueue {
   }
 
   /** Finished (or nothing left to do): the job goes; its AuditEvents tell what happened. */
-  async complete(id: string): Promise<void> {
-    await this.db.query('DELETE FROM job WHERE id = $1', [id]);
+  async complete(job: Job): Promise<void> {
+    await this.db.query('DELETE FROM job WHERE id = $1 AND lease = $2', [job.id, job.lease]);
   }
 
   /** A failed attempt: due again after `retryInMs`, or dead once its attempts are used up (or when `permanent`). */
@@ -104,8 +109,8 @@ export class JobQueue {
     await this.db.query(
       `UPDATE job SET status = $2, last_error = $3, locked_until = NULL, updated = now(),
               run_at = CASE WHEN $2 = 'pending' THEN now() + make_interval(secs => $4) ELSE run_at END
-       WHERE id = $1`,
-      [job.id, dead ? 'dead' : 'pending', error.slice(0, 2000), retryInMs / 1000]
+       WHERE id = $1 AND lease = $5`,
+      [job.id, dead ? 'dead' : 'pending', error.slice(0, 2000), retryInMs / 1000, job.lease]
     );
     return dead ? 'dead' : 'pending';
   }

@@ -128,7 +128,7 @@ export class JobRunner {
     const handler = this.handlers.get(job.kind) as JobHandler;
     try {
       await handler(job);
-      await this.queue.complete(job.id);
+      await this.queue.complete(job);
     } catch (err) {
       const permanent = err instanceof JobFailure && err.permanent;
       const delay = Math.min(this.options.retryBaseMs * 2 ** (job.attempts - 1), 3600_000);

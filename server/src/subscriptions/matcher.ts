@@ -21,10 +21,10 @@ export interface DeliveryPayload {
 }
 
 /**
- * Finds, for each committed write, the project's active rest-hook Subscriptions it matches
+ * Finds, for each committed write, the project's active rest-hook and websocket Subscriptions it matches
  * (Medplum's rules: criteria, `fhir-path-criteria-expression` with %current/%previous,
  * `subscription-supported-interaction`) and whose author may read the resource, and makes one
- * delivery job each. Subscriptions are read from the database every batch, so one created on
+ * delivery job each (a stored notification for websockets). Subscriptions are read from the database every batch, so one created on
  * another node counts from its commit on.
  */
 export function subscriptionMatcher(directory: Directory, sessions: Sessions, onError: (err: unknown) => void): EventHandler {
@@ -37,7 +37,8 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
     const byProject = new Map<string, Subscription[]>();
     for (const row of subscriptionRows) {
       const subscription = JSON.parse(row.content) as Subscription;
-      if (subscription.status === 'active' && subscription.channel?.type === 'rest-hook' && subscription.channel.endpoint) {
+      const channel = subscription.channel;
+      if (subscription.status === 'active' && ((channel?.type === 'rest-hook' && channel.endpoint) || channel?.type === 'websocket')) {
         byProject.set(row.project_id, [...(byProject.get(row.project_id) ?? []), subscription]);
       }
     }
@@ -47,6 +48,7 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
     }
     const versions = await loadVersions(db, relevant.flatMap((e) => [e.versionId, e.previousVersionId]).filter((v): v is string => !!v));
     const jobs: NewJob[] = [];
+    const notifications: { event: OutboxEvent; subscription: Subscription; resource: Resource | undefined }[] = [];
     const readers = new Map<string, Promise<(event: OutboxEvent) => Promise<boolean>>>();
     for (const event of relevant) {
       // A delete has no current content: it is matched on the version it deleted.
@@ -79,6 +81,10 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
           onError(err);
           continue;
         }
+        if (subscription.channel?.type === 'websocket') {
+          notifications.push({ event, subscription, resource: event.interaction === 'delete' ? undefined : resource });
+          continue;
+        }
         const payload: DeliveryPayload = {
           subscriptionId: subscription.id as string,
           resourceType: event.resourceType,
@@ -89,6 +95,21 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
         const kind = subscription.channel?.endpoint?.startsWith('Bot/') ? 'bot' : 'rest-hook';
         jobs.push({ projectId: event.projectId, kind, payload, maxAttempts: maxAttempts(subscription) });
       }
+    }
+    if (notifications.length > 0) {
+      // Websocket subscriptions: the notification is stored (in this transaction) and sent by the
+      // node holding the socket, woken by NOTIFY at commit.
+      await db.query(
+        `INSERT INTO subscription_event (project_id, subscription_id, interaction, focus, resource)
+         SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::jsonb[])`,
+        [
+          notifications.map((n) => n.event.projectId),
+          notifications.map((n) => n.subscription.id),
+          notifications.map((n) => n.event.interaction),
+          notifications.map((n) => `${n.event.resourceType}/${n.event.resourceId}`),
+          notifications.map((n) => (n.resource ? JSON.stringify(n.resource) : null)),
+        ]
+      );
     }
     return jobs;
   };

@@ -35,6 +35,8 @@ CREATE TABLE job (
   max_attempts int         NOT NULL,
   run_at       timestamptz NOT NULL DEFAULT now(),
   locked_until timestamptz,
+  -- who holds the lease: a worker whose lease ran out may no longer finish or fail the job
+  lease        uuid,
   last_error   text,
   created      timestamptz NOT NULL DEFAULT now(),
   updated      timestamptz NOT NULL DEFAULT now()
@@ -49,3 +51,37 @@ BEGIN
   RETURN NULL;
 END $$;
 CREATE TRIGGER job_notify AFTER INSERT OR UPDATE OF status, run_at ON job FOR EACH STATEMENT EXECUTE FUNCTION job_notify();
+
+-- Websocket subscription notifications, kept a few minutes so that a client that reconnects gets
+-- what it missed (MedplumClient re-creates its Subscription on reconnect: the events of the one its
+-- login lost are replayed to the new one with the same criteria).
+CREATE TABLE subscription_event (
+  event_number    bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  project_id      uuid        NOT NULL,
+  subscription_id text        NOT NULL,
+  interaction     text        NOT NULL,
+  focus           text        NOT NULL,
+  resource        jsonb,
+  created         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX subscription_event_subscription ON subscription_event (subscription_id, event_number);
+CREATE INDEX subscription_event_created ON subscription_event (created);
+
+CREATE FUNCTION subscription_event_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('ermis_ws', '');
+  RETURN NULL;
+END $$;
+CREATE TRIGGER subscription_event_notify AFTER INSERT ON subscription_event FOR EACH STATEMENT EXECUTE FUNCTION subscription_event_notify();
+
+-- Which login a websocket subscription was bound for, and what it was last sent before it closed.
+CREATE TABLE ws_binding (
+  subscription_id text        PRIMARY KEY,
+  project_id      uuid        NOT NULL,
+  login_id        uuid        NOT NULL,
+  criteria        text        NOT NULL,
+  last_event      bigint      NOT NULL DEFAULT 0,
+  closed_at       timestamptz,
+  taken_over      boolean     NOT NULL DEFAULT false
+);
+CREATE INDEX ws_binding_login ON ws_binding (login_id, criteria) WHERE closed_at IS NOT NULL AND NOT taken_over;
