@@ -163,4 +163,29 @@ exports.handler = async function (medplum, event) {
     expect(found).toHaveLength(1);
     expect((found[0] as { payload: { contentString: string }[] }).payload[0].contentString).toBe('create');
   });
+
+  test('with runAsUser the bot acts as the author of the resource', async () => {
+    const family = unique('RunAs');
+    const bot = await deployBot(
+      `exports.handler = async (medplum, event) => { await medplum.createResource({ resourceType: 'Communication', status: 'completed', subject: { reference: 'Patient/' + event.input.id } }); };`,
+      { runAsUser: true }
+    );
+    await t.medplum.createResource<Subscription>({
+      resourceType: 'Subscription',
+      status: 'active',
+      reason: 'run as',
+      criteria: `Patient?name=${family}`,
+      channel: { type: 'rest-hook', endpoint: `Bot/${bot.id}` },
+    });
+    const patient = await t.medplum.createResource<Patient>({ resourceType: 'Patient', name: [{ family }] });
+    let found: { id?: string }[] = [];
+    for (let i = 0; i < 400 && found.length === 0; i++) {
+      found = await t.medplum.searchResources('Communication', { subject: `Patient/${patient.id}` });
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(found).toHaveLength(1);
+    const extended = await (await t.server.fhir(`Communication/${found[0].id}`, { headers: { 'X-Medplum': 'extended' } })).json();
+    const me = await t.medplum.get('auth/me');
+    expect(extended.meta.author.reference).toBe(`Practitioner/${me.profile.id}`);
+  });
 });

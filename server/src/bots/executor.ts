@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { badRequest, OperationOutcomeError } from '@medplum/core';
 import type { BotEvent, WithId } from '@medplum/core';
-import type { Binary, Bot, Project, ProjectSetting, Reference } from '@medplum/fhirtypes';
+import type { Binary, Bot, Project, ProjectMembership, ProjectSetting, Reference } from '@medplum/fhirtypes';
 import type { AuthServices } from '../auth/service.ts';
 import type { Login } from '../auth/logins.ts';
 import type { BotRunResult, BotRuntime } from './runtime.ts';
@@ -15,6 +15,8 @@ export interface ExecuteRequest {
   requester?: Reference;
   /** The caller's login, for bots with `runAsUser`. */
   callerLogin?: Login;
+  /** For `runAsUser` without a caller (a subscription): the membership of the resource's author. */
+  runAsMembership?: WithId<ProjectMembership>;
   headers?: Record<string, string | string[] | undefined>;
   traceId?: string;
 }
@@ -83,7 +85,10 @@ export class BotExecutor {
     if (request.bot.runAsUser && request.callerLogin) {
       return request.callerLogin;
     }
-    const membership = await this.auth.directory.membershipOfProfile(`Bot/${request.bot.id}`, request.projectId);
+    const membership =
+      request.bot.runAsUser && request.runAsMembership
+        ? request.runAsMembership
+        : await this.auth.directory.membershipOfProfile(`Bot/${request.bot.id}`, request.projectId);
     if (!membership || membership.active === false) {
       throw new OperationOutcomeError(badRequest('Bot has no active membership in its project'));
     }

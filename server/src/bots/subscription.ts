@@ -36,8 +36,14 @@ export function botSubscriptionHandler(db: Queryable, directory: Directory, exec
     if (!resource) {
       return;
     }
+    const author = resource.meta?.author?.reference;
+    const runAsMembership = bot.runAsUser && author ? await directory.membershipOfProfile(author, job.projectId) : undefined;
+    if (bot.runAsUser && !runAsMembership) {
+      throw new JobFailure(`Bot/${bot.id} runs as the author, and ${author ?? 'the resource'} has no membership`, true);
+    }
     const result = await executor.execute({
       bot,
+      runAsMembership,
       projectId: job.projectId,
       input: payload.interaction === 'delete' ? { deletedResource: resource } : resource,
       contentType: 'application/fhir+json',
