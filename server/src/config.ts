@@ -43,6 +43,8 @@ export interface ServerConfig {
   botMemoryMb: number;
   /** Bot executions at once on this node. */
   botConcurrency: number;
+  /** How often cron bots are looked at. */
+  cronTickMs: number;
   /** Private hosts/addresses/ranges outbound calls may reach (public ones always may). */
   outboundAllowedHosts: string[];
   /** Default AuditEvent volume for projects without their own setting. */
@@ -78,6 +80,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     botTimeoutMs: parsePositiveInt(env.BOT_TIMEOUT_MS, 30_000),
     botMemoryMb: parsePositiveInt(env.BOT_MEMORY_MB, 256),
     botConcurrency: parsePositiveInt(env.BOT_CONCURRENCY, 4),
+    cronTickMs: parsePositiveInt(env.CRON_TICK_MS, 10_000),
     outboundAllowedHosts: (env.OUTBOUND_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter(Boolean),
     trustProxy: !env.TRUST_PROXY || env.TRUST_PROXY === 'false' ? false : env.TRUST_PROXY === 'true' ? true : env.TRUST_PROXY.split(',').map((a) => a.trim()),
     auditEvents: parseChoice(env.AUDIT_EVENTS, ['all', 'writes', 'logins', 'none'] as const, 'all'),

@@ -6,6 +6,7 @@ import { bootstrap } from './auth/bootstrap.ts';
 import { createAuthServices } from './auth/service.ts';
 import type { AuthServices } from './auth/service.ts';
 import type { ServerConfig } from './config.ts';
+import { CronScheduler, cronHandler } from './bots/cron.ts';
 import { BotExecutor } from './bots/executor.ts';
 import { BotRuntime } from './bots/runtime.ts';
 import { botSubscriptionHandler } from './bots/subscription.ts';
@@ -109,6 +110,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
           }),
         ],
         ['bot', botSubscriptionHandler(pool, auth.directory, bots)],
+        ['bot-cron', cronHandler(auth.directory, bots)],
       ]),
       {
         workers: config.jobWorkers,
@@ -120,6 +122,10 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       logError
     );
     await runner.start();
+    const cron = new CronScheduler(pool, jobs, config.cronTickMs, logError);
+    if (config.jobWorkers > 0) {
+      cron.start();
+    }
     const websockets = new WebsocketHub(pool, auth);
     await websockets.start();
     return {
@@ -136,6 +142,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       redis,
       repo: (context) => new PostgresRepository(base, context),
       close: async () => {
+        cron.stop();
         await runner.stop();
         await websockets.stop();
         await auth.close();

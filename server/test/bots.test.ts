@@ -1,8 +1,9 @@
 import type { AuditEvent, Bot, Patient, Project, Subscription } from '@medplum/fhirtypes';
 import { describe, expect, test } from 'vitest';
+import { timingToCron } from '../src/bots/cron.ts';
 import { unique, useTestServer } from './harness.ts';
 
-const t = useTestServer({ BOT_TIMEOUT_MS: '3000', BOT_MEMORY_MB: '64', JOB_RETRY_BASE_MS: '50' });
+const t = useTestServer({ BOT_TIMEOUT_MS: '3000', BOT_MEMORY_MB: '64', JOB_RETRY_BASE_MS: '50', CRON_TICK_MS: '300' });
 
 async function deployBot(code: string, extra: Partial<Bot> = {}): Promise<Bot> {
   const bot = (await t.medplum.post(`admin/projects/${t.server.projectId}/bot`, { name: unique('bot') })) as Bot;
@@ -187,5 +188,41 @@ exports.handler = async function (medplum, event) {
     const extended = await (await t.server.fhir(`Communication/${found[0].id}`, { headers: { 'X-Medplum': 'extended' } })).json();
     const me = await t.medplum.get('auth/me');
     expect(extended.meta.author.reference).toBe(`Practitioner/${me.profile.id}`);
+  });
+});
+
+describe('cron bots', () => {
+  test('a cronString bot runs on schedule with itself as input, once per due time, until its schedule is removed', async () => {
+    const tag = unique('cron');
+    const bot = await deployBot(
+      `exports.handler = async (medplum, event) => { await medplum.createResource({ resourceType: 'Communication', status: 'completed', identifier: [{ system: 'urn:cron', value: '${tag}' }], payload: [{ contentString: event.input.resourceType + '/' + event.input.id }] }); };`,
+      { cronString: '* * * * * *' }
+    );
+    let runs: { payload?: { contentString?: string }[] }[] = [];
+    for (let i = 0; i < 400 && runs.length < 2; i++) {
+      runs = await t.medplum.searchResources('Communication', { identifier: `urn:cron|${tag}` });
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(runs.length).toBeGreaterThanOrEqual(2);
+    expect(runs[0].payload?.[0].contentString).toBe(`Bot/${bot.id}`);
+    // each due second is one job, whichever node or tick enqueues it
+    const { rows } = await t.server.services.pool.query<{ n: string; keys: string }>(
+      `SELECT count(*) AS n, count(DISTINCT dedupe_key) AS keys FROM job WHERE kind = 'bot-cron' AND payload->>'botId' = $1`,
+      [bot.id]
+    );
+    expect(rows[0].n).toBe(rows[0].keys);
+    const current = await t.medplum.readResource('Bot', bot.id as string);
+    await t.medplum.updateResource<Bot>({ ...current, cronString: undefined });
+    await new Promise((r) => setTimeout(r, 1500));
+    const settled = (await t.medplum.searchResources('Communication', { identifier: `urn:cron|${tag}` })).length;
+    await new Promise((r) => setTimeout(r, 1500));
+    expect((await t.medplum.searchResources('Communication', { identifier: `urn:cron|${tag}` })).length).toBe(settled);
+  });
+
+  test('cronTiming is read as cron', () => {
+    expect(timingToCron({ repeat: { period: 15, periodUnit: 'min' } })).toEqual(['0 */15 * * * *']);
+    expect(timingToCron({ repeat: { timeOfDay: ['07:30:00', '19:00:00'], dayOfWeek: ['mon', 'fri'] } })).toEqual(['0 30 7 * * 1,5', '0 0 19 * * 1,5']);
+    expect(timingToCron({ repeat: { period: 2, periodUnit: 'h' } })).toEqual(['0 0 */2 * * *']);
+    expect(timingToCron({ repeat: { period: 1, periodUnit: 'mo' } })).toEqual([]);
   });
 });

@@ -55,6 +55,8 @@ export interface NewJob {
   kind: string;
   payload: Record<string, unknown>;
   maxAttempts: number;
+  /** At most one job ever exists per key (a second enqueue of it does nothing). */
+  dedupeKey?: string;
 }
 
 /**
@@ -74,9 +76,16 @@ export class JobQueue {
       return;
     }
     await db.query(
-      `INSERT INTO job (project_id, kind, payload, max_attempts)
-       SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[])`,
-      [jobs.map((j) => j.projectId), jobs.map((j) => j.kind), jobs.map((j) => JSON.stringify(j.payload)), jobs.map((j) => j.maxAttempts)]
+      `INSERT INTO job (project_id, kind, payload, max_attempts, dedupe_key)
+       SELECT * FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::int[], $5::text[])
+       ON CONFLICT (dedupe_key) DO NOTHING`,
+      [
+        jobs.map((j) => j.projectId),
+        jobs.map((j) => j.kind),
+        jobs.map((j) => JSON.stringify(j.payload)),
+        jobs.map((j) => j.maxAttempts),
+        jobs.map((j) => j.dedupeKey ?? null),
+      ]
     );
   }
 

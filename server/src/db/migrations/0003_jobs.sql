@@ -38,6 +38,8 @@ CREATE TABLE job (
   -- who holds the lease: a worker whose lease ran out may no longer finish or fail the job
   lease        uuid,
   last_error   text,
+  -- one job per key (a cron bot's run at a given minute, whichever node schedules it)
+  dedupe_key   text        UNIQUE,
   created      timestamptz NOT NULL DEFAULT now(),
   updated      timestamptz NOT NULL DEFAULT now()
 );
