@@ -6,6 +6,7 @@ import { bootstrap } from './auth/bootstrap.ts';
 import { createAuthServices } from './auth/service.ts';
 import type { AuthServices } from './auth/service.ts';
 import type { ServerConfig } from './config.ts';
+import { asyncExecuteHandler } from './bots/async.ts';
 import { CronScheduler, cronHandler } from './bots/cron.ts';
 import { BotExecutor } from './bots/executor.ts';
 import { BotRuntime } from './bots/runtime.ts';
@@ -111,6 +112,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
         ],
         ['bot', botSubscriptionHandler(pool, auth.directory, bots)],
         ['bot-cron', cronHandler(auth.directory, bots)],
+        ['bot-async', asyncExecuteHandler(auth.directory, auth.logins, bots)],
       ]),
       {
         workers: config.jobWorkers,

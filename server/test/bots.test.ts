@@ -111,6 +111,35 @@ describe('deploy and execute', () => {
   });
 });
 
+describe('asynchronous execution', () => {
+  test('Prefer: respond-async answers 202 with a status URL; MedplumClient polls it to the completed AsyncJob', async () => {
+    const bot = await deployBot(ECHO);
+    const res = await fetch(`${t.server.fhirUrl}Bot/${bot.id}/$execute`, {
+      method: 'POST',
+      headers: { ...t.server.authorization, 'Content-Type': 'text/plain', Prefer: 'respond-async' },
+      body: 'later',
+    });
+    expect(res.status).toBe(202);
+    const location = res.headers.get('content-location') as string;
+    expect(location).toMatch(/\/fhir\/R4\/job\/[^/]+\/status$/);
+    const job = await t.medplum.get(location, { pollStatusOnAccepted: true } as RequestInit);
+    expect(job).toMatchObject({ resourceType: 'AsyncJob', status: 'completed' });
+    expect(job.output.parameter).toEqual([
+      { name: 'responseBody', valueString: 'got 5 characters: later' },
+      { name: 'contentType', valueString: 'text/plain' },
+    ]);
+    const failing = await deployBot("exports.handler = async () => { throw new Error('no lab profile'); };");
+    const accepted = await fetch(`${t.server.fhirUrl}Bot/${failing.id}/$execute`, {
+      method: 'POST',
+      headers: { ...t.server.authorization, 'Content-Type': 'application/json', Prefer: 'respond-async' },
+      body: '{}',
+    });
+    const failed = await t.medplum.get(accepted.headers.get('content-location') as string, { pollStatusOnAccepted: true } as RequestInit);
+    expect(failed.status).toBe('error');
+    expect(JSON.stringify(failed.output)).toContain('no lab profile');
+  });
+});
+
 describe('misbehaving bots are contained', () => {
   const cases: [string, string, RegExp][] = [
     ['an async wait that never ends', 'exports.handler = () => new Promise(() => {});', /timed out after 3000 ms/],

@@ -1,6 +1,7 @@
 import { allOk, badRequest, notFound, Operator, OperationOutcomeError } from '@medplum/core';
 import type { WithId } from '@medplum/core';
-import type { Bot } from '@medplum/fhirtypes';
+import type { AsyncJob, Bot } from '@medplum/fhirtypes';
+import type { AsyncExecutePayload } from './async.ts';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { authenticate } from '../auth/authenticate.ts';
 import type { AuthSession } from '../auth/sessions.ts';
@@ -54,9 +55,33 @@ export async function botRoutes(app: FastifyInstance, services: ServerServices, 
     const bot = await findBot(services, session, request);
     const contentType = (request.headers['content-type'] ?? 'application/json').split(';')[0].trim();
     const input = request.method === 'GET' ? queryInput(request.query) : request.body;
+    const projectId = bot.meta?.project ?? session.project.id;
+    if (/respond-async/.test(String(request.headers.prefer ?? ''))) {
+      // Accepted now, run by the job queue; the AsyncJob tells how it went.
+      const asyncJob = await services.auth.directory.repo(projectId, session.profile).createResource<AsyncJob>({
+        resourceType: 'AsyncJob',
+        status: 'accepted',
+        requestTime: new Date().toISOString(),
+        request: `${services.config.baseUrl}${request.url.replace(/^\//, '')}`,
+      });
+      const payload: AsyncExecutePayload = {
+        botId: bot.id,
+        asyncJobId: asyncJob.id,
+        input: input ?? null,
+        contentType: request.method === 'GET' ? 'application/json' : contentType,
+        requester: session.profile.reference,
+        callerLoginId: session.login?.id,
+      };
+      await services.jobs.enqueue([{ projectId, kind: 'bot-async', payload, maxAttempts: 1 }]);
+      return reply
+        .status(202)
+        .header('Content-Location', `${services.config.baseUrl}fhir/R4/job/${asyncJob.id}/status`)
+        .type('application/fhir+json')
+        .send(asyncJob);
+    }
     const result = await executor.execute({
       bot,
-      projectId: bot.meta?.project ?? session.project.id,
+      projectId,
       input,
       contentType: request.method === 'GET' ? 'application/json' : contentType,
       requester: session.profile,
@@ -69,6 +94,17 @@ export async function botRoutes(app: FastifyInstance, services: ServerServices, 
     }
     return reply.type(result.contentType ?? 'application/json').send(result.body ?? '');
   };
+  // The status of an asynchronous operation: 202 while it runs, then the AsyncJob with the answer.
+  app.get<{ Params: { id: string } }>('/fhir/R4/job/:id/status', async (request, reply) => {
+    const session = await authenticate(request, reply, services.auth);
+    const asyncJob = await services.repo(session.context).readResource<AsyncJob>('AsyncJob', request.params.id);
+    const running = asyncJob.status === 'accepted' || asyncJob.status === 'active';
+    if (running) {
+      // MedplumClient keeps polling the Content-Location of a 202.
+      reply.header('Content-Location', `${services.config.baseUrl}fhir/R4/job/${asyncJob.id}/status`);
+    }
+    return reply.status(running ? 202 : 200).type('application/fhir+json').send(asyncJob);
+  });
   app.post<{ Params: { id: string } }>('/fhir/R4/Bot/:id/$execute', execute);
   app.get<{ Params: { id: string } }>('/fhir/R4/Bot/:id/$execute', execute);
   app.post('/fhir/R4/Bot/$execute', execute);
