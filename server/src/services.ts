@@ -91,7 +91,13 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       projects,
       redis
     );
-    base.onWrite = (resourceType) => auth.sessions.resourceWritten(resourceType);
+    base.onWrite = (resourceType) => {
+      // With Redis, other nodes drop their cached sessions at once instead of after their TTL.
+      if (auth.sessions.resourceWritten(resourceType) && redis?.isReady) {
+        redis.publish(INVALIDATE_CHANNEL, resourceType).catch(() => undefined);
+      }
+    };
+    const invalidations = redis ? subscribeInvalidations(redis, () => auth.sessions.invalidate()) : undefined;
     const jobs = new JobQueue(pool);
     const bots = new BotExecutor(auth, new BotRuntime({ timeoutMs: config.botTimeoutMs, memoryMb: config.botMemoryMb, concurrency: config.botConcurrency }));
     const logError = (err: unknown): void => console.error('job runner:', err);
@@ -144,6 +150,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       redis,
       repo: (context) => new PostgresRepository(base, context),
       close: async () => {
+        await invalidations?.close().catch(() => undefined);
         cron.stop();
         await runner.stop();
         await websockets.stop();
@@ -156,6 +163,20 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
     await pool.end();
     throw err;
   }
+}
+
+const INVALIDATE_CHANNEL = 'ermis:sessions:invalidate';
+
+/** A second Redis connection (subscribers cannot send other commands) listening for invalidations. */
+function subscribeInvalidations(redis: RedisClient, onMessage: () => void): RedisClient {
+  const subscriber = redis.duplicate();
+  subscriber.on('error', () => undefined); // reconnects by itself; health shows Redis's state
+  // Not awaited: a Redis that is down must not hold up the start (sessions then expire by TTL).
+  subscriber
+    .connect()
+    .then(() => subscriber.subscribe(INVALIDATE_CHANNEL, onMessage))
+    .catch(() => undefined);
+  return subscriber;
 }
 
 /** Reads a server setting, creating it with `init()` the first time (several nodes may race; one value wins). */

@@ -32,11 +32,14 @@ export interface TestServer {
   fhir(path: string, init?: RequestInit): Promise<Response>;
   /** Rows in the resource and history tables, AuditEvents (written in the background) aside: "the database is unchanged" checks. */
   rowCounts(): Promise<{ resources: number; versions: number }>;
+  /** The database this server uses (to start another node on it). */
+  databaseUrl: string;
   stop(): Promise<void>;
 }
 
 /** Starts a real server (Fastify on a real port, real Postgres) for a test file. */
-export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+/** `databaseUrl`: share another server's database (several nodes); by default a fresh one. */
+export async function startTestServer(env: Record<string, string> = {}, databaseUrl?: string): Promise<TestServer> {
   const port = await freePort();
   const config = loadConfig({
     PORT: String(port),
@@ -48,7 +51,8 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     RATE_LIMIT_REQUESTS_PER_MINUTE: '1000000',
     ...env,
   });
-  const services = await createServices(config, await createTestDatabase());
+  const database = databaseUrl ?? (await createTestDatabase());
+  const services = await createServices(config, database);
   const app = await buildApp(services);
   await app.listen({ port, host: '127.0.0.1' });
   const baseUrl = config.baseUrl;
@@ -83,6 +87,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     services,
     app,
     projectId,
+    databaseUrl: database,
     admin,
     authorization: { Authorization: `Bearer ${admin.accessToken}` },
     medplum: () => {

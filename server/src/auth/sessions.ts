@@ -99,11 +99,18 @@ export class Sessions {
     return session;
   }
 
-  /** Called for every resource written on this node. */
-  resourceWritten(resourceType: string): void {
+  /** Called for every resource written on this node; true when cached sessions were dropped. */
+  resourceWritten(resourceType: string): boolean {
     if (SESSION_TYPES.has(resourceType)) {
       this.cache.clear();
+      return true;
     }
+    return false;
+  }
+
+  /** Another node changed a membership, policy, project or client. */
+  invalidate(): void {
+    this.cache.clear();
   }
 
   /** A session for a membership; used for logins and for client Basic authentication. */
