@@ -103,6 +103,20 @@ describe('deploy and execute', () => {
     expect(bot.id).toBeDefined();
   });
 
+  test('an ES module bot, as Medplum also accepts, runs unchanged; a handler returning nothing answers All OK', async () => {
+    const esm = await deployBot(`import { getReferenceString } from '@medplum/core';
+export async function handler(medplum, event) {
+  return getReferenceString(event.bot) + ' got ' + event.input;
+}`);
+    expect((await execute(esm.id as string, 'x', 'text/plain')).text).toBe(`Bot/${esm.id} got x`);
+    const quiet = await deployBot('exports.handler = async () => undefined;');
+    const res = await execute(quiet.id as string, '{}', 'application/json');
+    expect(JSON.parse(res.text)).toMatchObject({ resourceType: 'OperationOutcome', issue: [{ details: { text: 'All OK' } }] });
+    await expect(t.medplum.post(`fhir/R4/Bot/${esm.id}/$deploy`, { code: 'export async function handler( {', filename: 'index.mjs' })).rejects.toThrow(
+      'does not compile'
+    );
+  });
+
   test('$deploy refuses code that does not compile, and keeps the previous code', async () => {
     const bot = await deployBot(ECHO);
     await expect(t.medplum.post(`fhir/R4/Bot/${bot.id}/$deploy`, { code: 'exports.handler = async (', filename: 'x.js' })).rejects.toThrow('does not compile');

@@ -81,5 +81,10 @@ async function run(message: ExecuteMessage): Promise<ResultMessage> {
   if (typeof result === 'string') {
     return { ok: true, contentType: 'text/plain', body: result, logs: output };
   }
+  if (result === undefined) {
+    // Medplum answers a handler that returns nothing with an "All OK" OperationOutcome.
+    const allOk = { resourceType: 'OperationOutcome', id: 'allok', issue: [{ severity: 'information', code: 'informational', details: { text: 'All OK' } }] };
+    return { ok: true, contentType: 'application/json', body: JSON.stringify(allOk), logs: output };
+  }
   return { ok: true, contentType: 'application/json', body: JSON.stringify(result ?? null), logs: output };
 }

@@ -2,6 +2,7 @@ import { allOk, badRequest, notFound, Operator, OperationOutcomeError } from '@m
 import type { WithId } from '@medplum/core';
 import type { AsyncJob, Bot } from '@medplum/fhirtypes';
 import type { AsyncExecutePayload } from './async.ts';
+import { transform } from 'esbuild';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { authenticate } from '../auth/authenticate.ts';
 import type { AuthSession } from '../auth/sessions.ts';
@@ -38,14 +39,9 @@ export async function botRoutes(app: FastifyInstance, services: ServerServices, 
     if (typeof body.code !== 'string' || body.code.trim() === '') {
       throw new OperationOutcomeError(badRequest('Missing code', 'code'));
     }
-    try {
-      // Compiles without running: a syntax error is a 400 now rather than at every execution.
-      new Function('exports', 'require', 'module', body.code);
-    } catch (err) {
-      throw new OperationOutcomeError(badRequest(`Bot code does not compile: ${(err as Error).message}`, 'code'));
-    }
     const filename = typeof body.filename === 'string' && body.filename ? body.filename : 'index.js';
-    const binary = await repo.createBinary('application/javascript', Buffer.from(body.code, 'utf8'));
+    const executable = await toCommonJs(body.code, filename);
+    const binary = await repo.createBinary('application/javascript', Buffer.from(executable, 'utf8'));
     await repo.updateResource<Bot>({ ...bot, executableCode: { contentType: 'application/javascript', url: `Binary/${binary.id}`, title: filename } });
     return reply.type('application/fhir+json').send(allOk);
   });
@@ -109,6 +105,29 @@ export async function botRoutes(app: FastifyInstance, services: ServerServices, 
   app.get<{ Params: { id: string } }>('/fhir/R4/Bot/:id/$execute', execute);
   app.post('/fhir/R4/Bot/$execute', execute);
   app.get('/fhir/R4/Bot/$execute', execute);
+}
+
+/**
+ * Bots run as CommonJS. ES module code (`export async function handler`, `.mjs`), which Medplum
+ * accepts too, is converted once here; either way a syntax error is a 400 now rather than at
+ * every execution.
+ */
+async function toCommonJs(code: string, filename: string): Promise<string> {
+  const esm = filename.endsWith('.mjs') || (!filename.endsWith('.cjs') && /^\s*(export\s|import\s[^(])/m.test(code));
+  let output = code;
+  if (esm) {
+    try {
+      output = (await transform(code, { format: 'cjs', loader: 'js', platform: 'node', target: 'node22' })).code;
+    } catch (err) {
+      throw new OperationOutcomeError(badRequest(`Bot code does not compile: ${(err as Error).message.split('\n')[0]}`, 'code'));
+    }
+  }
+  try {
+    new Function('exports', 'require', 'module', output);
+  } catch (err) {
+    throw new OperationOutcomeError(badRequest(`Bot code does not compile: ${(err as Error).message}`, 'code'));
+  }
+  return output;
 }
 
 /** The bot by id, or by `?identifier=system|value`, as the caller may read it. */
