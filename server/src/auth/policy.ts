@@ -68,7 +68,14 @@ export function buildAccessPolicy({ membership, projectId, policies }: PolicySou
     if (policy && !policy.basedOn?.length && !policy.ipAccessRule?.length && !policy.compartment) {
       // Administration types come only from the admin entries below: a policy an admin writes
       // cannot widen them (e.g. to make its own project super admin).
-      resource.push(...substitute(policy, { ...defaults, ...parameters }).resource.filter((e) => !PROTECTED_TYPES.has(e.resourceType)));
+      for (const entry of substitute(policy, { ...defaults, ...parameters }).resource) {
+        if (entry.resourceType === 'Bot') {
+          // Reading a Bot is what lets a member run it ($execute), as in Medplum; changing bots stays with admins.
+          resource.push({ ...entry, readonly: true, interaction: undefined });
+        } else if (!PROTECTED_TYPES.has(entry.resourceType)) {
+          resource.push(entry);
+        }
+      }
     }
   };
   addPolicy(membership.accessPolicy, {});

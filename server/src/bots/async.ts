@@ -4,6 +4,7 @@ import type { LoginStore } from '../auth/logins.ts';
 import type { Job } from '../jobs/queue.ts';
 import type { JobHandler } from '../jobs/runner.ts';
 import type { BotExecutor } from './executor.ts';
+import type { BotRunResult } from './runtime.ts';
 
 /** The payload of an `$execute` with `Prefer: respond-async`. */
 export interface AsyncExecutePayload {
@@ -35,14 +36,17 @@ export function asyncExecuteHandler(directory: Directory, logins: LoginStore, ex
     }
     await repo.updateResource<AsyncJob>({ ...asyncJob, status: 'active' });
     const callerLogin = payload.callerLoginId ? await logins.get(payload.callerLoginId) : undefined;
-    const result = await executor.execute({
-      bot,
-      projectId: job.projectId,
-      input: payload.input,
-      contentType: payload.contentType,
-      requester: payload.requester ? { reference: payload.requester } : undefined,
-      callerLogin: callerLogin && !callerLogin.revoked ? callerLogin : undefined,
-    });
+    const result = await executor
+      .execute({
+        bot,
+        projectId: job.projectId,
+        input: payload.input,
+        contentType: payload.contentType,
+        requester: payload.requester ? { reference: payload.requester } : undefined,
+        callerLogin: callerLogin && !callerLogin.revoked ? callerLogin : undefined,
+      })
+      // e.g. no deployed code: the AsyncJob must end in `error`, not stay active for ever
+      .catch((err: unknown) => ({ ok: false, error: err instanceof Error ? err.message : String(err), logs: '', durationMs: 0 }) as BotRunResult);
     const current = (await directory.find<AsyncJob>('AsyncJob', payload.asyncJobId, job.projectId))?.resource ?? asyncJob;
     await repo.updateResource<AsyncJob>({
       ...current,

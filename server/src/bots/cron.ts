@@ -15,9 +15,9 @@ interface CronPayload {
 
 /**
  * Cron bots (`Bot.cronString`, or `Bot.cronTiming` read as cron): every node looks at the clock
- * now and then and enqueues the runs that fell due in the last window. Each run has a dedupe key
- * (bot and minute), so however many nodes schedule it, it runs once, and a node that was down
- * for less than the window catches up.
+ * now and then and enqueues the runs that fell due in the last window. Each run is first recorded
+ * in `cron_run` (bot and due time, kept a day), so however many nodes or restarts see it, it runs
+ * once, and a node that was down for less than the window catches up.
  */
 export class CronScheduler {
   private readonly pool: pg.Pool;
@@ -35,7 +35,7 @@ export class CronScheduler {
   }
 
   start(): void {
-    // Runs due shortly before this node started are still scheduled (the dedupe key stops doubles).
+    // Runs due shortly before this node started are still scheduled (cron_run stops doubles).
     this.last = new Date(Date.now() - 2 * this.tickMs);
     this.timer = setInterval(() => void this.tick().catch(this.onError), this.tickMs);
   }
@@ -44,24 +44,39 @@ export class CronScheduler {
     clearInterval(this.timer);
   }
 
-  async tick(now = new Date()): Promise<void> {
-    const from = this.last;
+  /** Schedules the runs due in (`from`, `now`]; by default since the previous tick. */
+  async tick(now = new Date(), from = this.last): Promise<void> {
     this.last = now;
     const { rows } = await this.pool.query<{ project_id: string; content: string }>(
       `SELECT project_id, content FROM resource
        WHERE resource_type = 'Bot' AND NOT deleted AND (content::jsonb ? 'cronString' OR content::jsonb ? 'cronTiming')`
     );
-    const jobs: NewJob[] = [];
+    const candidates: { projectId: string; botId: string; due: Date }[] = [];
     for (const row of rows) {
       const bot = JSON.parse(row.content) as Bot & { id: string };
       for (const expression of cronExpressions(bot)) {
         for (const due of dueTimes(expression, from, now)) {
-          const payload: CronPayload = { botId: bot.id, scheduledFor: due.toISOString() };
-          jobs.push({ projectId: row.project_id, kind: 'bot-cron', payload, maxAttempts: 1, dedupeKey: `cron:${bot.id}:${due.toISOString()}` });
+          candidates.push({ projectId: row.project_id, botId: `${row.project_id}/${bot.id}`, due });
         }
       }
     }
+    if (candidates.length === 0) {
+      return;
+    }
+    // The run is claimed in cron_run first: whichever node (or restart) sees it again, one job.
+    const { rows: claimed } = await this.pool.query<{ bot_id: string; due: Date }>(
+      `INSERT INTO cron_run (bot_id, due) SELECT * FROM unnest($1::text[], $2::timestamptz[]) ON CONFLICT DO NOTHING RETURNING bot_id, due`,
+      [candidates.map((c) => c.botId), candidates.map((c) => c.due)]
+    );
+    const jobs: NewJob[] = claimed.map((c) => {
+      const [projectId, botId] = c.bot_id.split('/');
+      const payload: CronPayload = { botId, scheduledFor: c.due.toISOString() };
+      return { projectId, kind: 'bot-cron', payload, maxAttempts: 1 };
+    });
     await this.queue.enqueue(jobs);
+    if (Math.random() < 0.01) {
+      await this.pool.query("DELETE FROM cron_run WHERE due < now() - interval '1 day'");
+    }
   }
 }
 

@@ -6,6 +6,8 @@ import type { AuthServices } from '../auth/service.ts';
 import type { Login } from '../auth/logins.ts';
 import type { BotRunResult, BotRuntime } from './runtime.ts';
 
+const MAX_BOT_TIMEOUT_SECONDS = 900;
+
 export interface ExecuteRequest {
   bot: WithId<Bot>;
   projectId: string;
@@ -51,7 +53,8 @@ export class BotExecutor {
       requester: request.requester as BotEvent['requester'],
       headers: request.headers,
     };
-    const timeoutMs = bot.timeout ? bot.timeout * 1000 : undefined;
+    // Bot.timeout (seconds) is the bot's own choice, within limits (a job's lease is renewed meanwhile).
+    const timeoutMs = bot.timeout ? Math.min(Math.max(bot.timeout, 1), MAX_BOT_TIMEOUT_SECONDS) * 1000 : undefined;
     let result: BotRunResult;
     try {
       const session = await this.auth.sessions.fromLogin(login);

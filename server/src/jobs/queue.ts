@@ -91,6 +91,13 @@ export class JobQueue {
 
   /** Takes one due job of the given kinds (or of an expired lease), leased for `leaseSeconds`. */
   async claim(kinds: readonly string[], leaseSeconds: number): Promise<Job | undefined> {
+    // A job whose node died on its last attempt is not run again: it is dead.
+    await this.db.query(
+      `UPDATE job SET status = 'dead', locked_until = NULL, updated = now(),
+              last_error = coalesce(last_error || '; ', '') || 'lease expired on the last attempt'
+       WHERE status = 'running' AND locked_until < now() AND attempts >= max_attempts AND kind = ANY($1::text[])`,
+      [kinds]
+    );
     const { rows } = await this.db.query<JobRow>(
       `UPDATE job SET status = 'running', attempts = attempts + 1, locked_until = now() + make_interval(secs => $2),
               lease = gen_random_uuid(), updated = now()
@@ -105,6 +112,15 @@ export class JobQueue {
       [kinds, leaseSeconds]
     );
     return rows[0] ? toJob(rows[0]) : undefined;
+  }
+
+  /** Keeps a running job's lease alive; false when the lease was lost (another node may run it). */
+  async extend(job: Job, leaseSeconds: number): Promise<boolean> {
+    const { rowCount } = await this.db.query(
+      `UPDATE job SET locked_until = now() + make_interval(secs => $3) WHERE id = $1 AND lease = $2 AND status = 'running'`,
+      [job.id, job.lease, leaseSeconds]
+    );
+    return rowCount === 1;
   }
 
   /** Finished (or nothing left to do): the job goes; its AuditEvents tell what happened. */

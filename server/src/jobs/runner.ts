@@ -62,10 +62,7 @@ export class JobRunner {
       return;
     }
     this.running = true;
-    this.listener = await this.pool.connect();
-    this.listener.on('notification', () => this.notify());
-    await this.listener.query('LISTEN ermis_outbox');
-    await this.listener.query('LISTEN ermis_jobs');
+    await this.listen();
     this.loops = [this.loop(() => this.dispatchAll())];
     for (let i = 0; i < this.options.workers; i++) {
       this.loops.push(this.loop(() => this.runOne()));
@@ -81,6 +78,22 @@ export class JobRunner {
       this.listener.release();
       this.listener = undefined;
     }
+  }
+
+  /** LISTEN on a dedicated connection; if the database drops it, listen again (polling covers the gap). */
+  private async listen(): Promise<void> {
+    const client = await this.pool.connect();
+    this.listener = client;
+    client.on('notification', () => this.notify());
+    client.on('error', () => {
+      client.release(true);
+      this.listener = undefined;
+      if (this.running) {
+        setTimeout(() => void this.listen().catch(() => undefined), 1000);
+      }
+    });
+    await client.query('LISTEN ermis_outbox');
+    await client.query('LISTEN ermis_jobs');
   }
 
   private notify(): void {
@@ -126,6 +139,11 @@ export class JobRunner {
       return false;
     }
     const handler = this.handlers.get(job.kind) as JobHandler;
+    // The lease is renewed while the handler runs, so a long job is never taken by a second node.
+    const renew = setInterval(
+      () => void this.queue.extend(job, this.options.leaseSeconds).catch(() => undefined),
+      Math.max(1000, (this.options.leaseSeconds * 1000) / 3)
+    );
     try {
       await handler(job);
       await this.queue.complete(job);
@@ -133,6 +151,8 @@ export class JobRunner {
       const permanent = err instanceof JobFailure && err.permanent;
       const delay = Math.min(this.options.retryBaseMs * 2 ** (job.attempts - 1), 3600_000);
       await this.queue.fail(job, err instanceof Error ? err.message : String(err), delay, permanent);
+    } finally {
+      clearInterval(renew);
     }
     return true;
   }

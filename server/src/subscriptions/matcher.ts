@@ -5,6 +5,7 @@ import type { Directory } from '../auth/directory.ts';
 import type { Sessions } from '../auth/sessions.ts';
 import type { EventHandler, OutboxEvent } from '../jobs/outbox.ts';
 import type { NewJob } from '../jobs/queue.ts';
+import { removeFields } from '../fhir/repo/access-rules.ts';
 
 export const MAX_ATTEMPTS_EXTENSION = 'https://medplum.com/fhir/StructureDefinition/subscription-max-attempts';
 const DEFAULT_MAX_ATTEMPTS = 4;
@@ -18,6 +19,13 @@ export interface DeliveryPayload {
   resourceId: string;
   versionId: string;
   interaction: OutboxEvent['interaction'];
+  /** Fields the subscription's author may not see, removed from what is delivered. */
+  hiddenFields?: string[];
+}
+
+interface AuthorView {
+  canSee(event: OutboxEvent): Promise<boolean>;
+  hiddenFields(resourceType: string): string[];
 }
 
 /**
@@ -49,7 +57,7 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
     const versions = await loadVersions(db, relevant.flatMap((e) => [e.versionId, e.previousVersionId]).filter((v): v is string => !!v));
     const jobs: NewJob[] = [];
     const notifications: { event: OutboxEvent; subscription: Subscription; resource: Resource | undefined }[] = [];
-    const readers = new Map<string, Promise<(event: OutboxEvent) => Promise<boolean>>>();
+    const readers = new Map<string, Promise<AuthorView>>();
     for (const event of relevant) {
       // A delete has no current content: it is matched on the version it deleted.
       const resource = versions.get(event.interaction === 'delete' ? (event.previousVersionId ?? '') : event.versionId);
@@ -58,6 +66,7 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
       }
       const previous = event.previousVersionId && event.interaction !== 'delete' ? versions.get(event.previousVersionId) : undefined;
       for (const subscription of byProject.get(event.projectId) ?? []) {
+        let view: AuthorView;
         try {
           const matches = await resourceMatchesSubscriptionCriteria({
             resource,
@@ -74,15 +83,21 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
             reader = authorReader(directory, sessions, author, event.projectId);
             readers.set(`${event.projectId}|${author}`, reader);
           }
-          if (!(await (await reader)(event))) {
+          view = await reader;
+          if (!(await view.canSee(event))) {
             continue;
           }
         } catch (err) {
           onError(err);
           continue;
         }
+        const hidden = view.hiddenFields(event.resourceType);
         if (subscription.channel?.type === 'websocket') {
-          notifications.push({ event, subscription, resource: event.interaction === 'delete' ? undefined : resource });
+          const shown = event.interaction === 'delete' ? undefined : structuredClone(resource);
+          if (shown && hidden.length) {
+            removeFields(shown, hidden);
+          }
+          notifications.push({ event, subscription, resource: shown });
           continue;
         }
         const payload: DeliveryPayload = {
@@ -91,6 +106,7 @@ export function subscriptionMatcher(directory: Directory, sessions: Sessions, on
           resourceId: event.resourceId,
           versionId: event.versionId,
           interaction: event.interaction,
+          ...(hidden.length ? { hiddenFields: hidden } : {}),
         };
         const kind = subscription.channel?.endpoint?.startsWith('Bot/') ? 'bot' : 'rest-hook';
         jobs.push({ projectId: event.projectId, kind, payload, maxAttempts: maxAttempts(subscription) });
@@ -132,33 +148,29 @@ function maxAttempts(subscription: Subscription): number {
  * Whether a Subscription's author may see the written resource: a subscription must not become a
  * way around its author's access policy. A subscription the server wrote (no membership) sees all.
  */
-async function authorReader(
-  directory: Directory,
-  sessions: Sessions,
-  author: string,
-  projectId: string
-): Promise<(event: OutboxEvent) => Promise<boolean>> {
+async function authorReader(directory: Directory, sessions: Sessions, author: string, projectId: string): Promise<AuthorView> {
+  const nothingHidden = (): string[] => [];
   const membership = author === 'system' ? undefined : await directory.membershipOfProfile(author, projectId);
-  if (!membership) {
-    return async () => author === 'system';
-  }
-  if (membership.active === false) {
-    return async () => false;
+  if (!membership || membership.active === false) {
+    return { canSee: async () => author === 'system', hiddenFields: nothingHidden };
   }
   const session = await sessions.fromMembership(membership, projectId, { scope: 'openid' });
   const access = session.context.access;
   if (!access) {
-    return async () => true;
+    return { canSee: async () => true, hiddenFields: nothingHidden };
   }
   const repo = directory.repoFor(session.context);
-  return async (event) => {
-    if (event.interaction === 'delete') {
-      // nothing left to match criteria against: only a policy without row criteria sees deletes
-      return access.rowScope(event.resourceType, 'read').kind === 'all';
-    }
-    return repo.readResource(event.resourceType, event.resourceId).then(
-      () => true,
-      () => false
-    );
+  return {
+    canSee: async (event) => {
+      if (event.interaction === 'delete') {
+        // nothing left to match criteria against: only a policy without row criteria sees deletes
+        return access.rowScope(event.resourceType, 'read').kind === 'all';
+      }
+      return repo.readResource(event.resourceType, event.resourceId).then(
+        () => true,
+        () => false
+      );
+    },
+    hiddenFields: (resourceType) => access.hiddenFields(resourceType),
   };
 }

@@ -117,8 +117,11 @@ export class OutboundPolicy {
           response.on('error', reject);
         }
       );
+      // `timeout` is an idle timeout; this one bounds the whole exchange (a trickling answer too).
+      const deadline = setTimeout(() => request.destroy(new Error(`No complete answer within ${timeoutMs} ms`)), timeoutMs);
       request.on('timeout', () => request.destroy(new Error(`No answer within ${timeoutMs} ms`)));
       request.on('error', reject);
+      request.on('close', () => clearTimeout(deadline));
       request.end(body);
     });
   }

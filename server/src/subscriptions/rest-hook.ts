@@ -9,6 +9,7 @@ import { JobFailure } from '../jobs/runner.ts';
 import type { JobHandler } from '../jobs/runner.ts';
 import type { DeliveryPayload } from './matcher.ts';
 import { OutboundRefused } from './outbound.ts';
+import { removeFields } from '../fhir/repo/access-rules.ts';
 import type { OutboundPolicy } from './outbound.ts';
 
 const SECRET_EXTENSIONS = [
@@ -38,13 +39,26 @@ export function restHookHandler(deps: RestHookDeps): JobHandler {
     if (!subscription || subscription.status !== 'active' || !subscription.channel?.endpoint) {
       return; // switched off or deleted since: nothing to deliver
     }
+    if (job.attempts > 1 && payload.interaction !== 'delete') {
+      // A retry of a version the resource has moved on from would take the receiver back in time.
+      const { rows: current } = await deps.db.query<{ version_id: string }>(
+        'SELECT version_id FROM resource WHERE project_id = $1 AND resource_type = $2 AND id = $3',
+        [job.projectId, payload.resourceType, payload.resourceId]
+      );
+      if (current[0]?.version_id !== payload.versionId) {
+        return;
+      }
+    }
     let body = '{}';
     if (payload.interaction !== 'delete') {
       const { rows } = await deps.db.query<{ content: string }>('SELECT content FROM resource_history WHERE version_id = $1', [payload.versionId]);
       if (!rows[0]) {
         return;
       }
-      body = stringify(JSON.parse(rows[0].content) as Resource);
+      const resource = JSON.parse(rows[0].content) as Resource;
+      // what the subscription's author may not see does not leave the server either
+      removeFields(resource, payload.hiddenFields ?? []);
+      body = stringify(resource);
     }
     const headers: Record<string, string> = {
       'Content-Type': 'application/fhir+json',

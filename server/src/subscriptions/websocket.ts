@@ -1,6 +1,6 @@
 import websocket from '@fastify/websocket';
 import { badRequest, OperationOutcomeError } from '@medplum/core';
-import type { Bundle, Resource, Subscription } from '@medplum/fhirtypes';
+import type { Bundle, ProjectMembership, Resource, Subscription } from '@medplum/fhirtypes';
 import type { FastifyInstance } from 'fastify';
 import type pg from 'pg';
 import type { WebSocket } from 'ws';
@@ -16,6 +16,7 @@ const RETENTION = '10 minutes';
 
 interface EventRow {
   event_number: string;
+  project_id: string;
   subscription_id: string;
   interaction: string;
   focus: string;
@@ -31,7 +32,17 @@ interface Binding {
   criteria: string;
   /** The last event number written to the socket. */
   lastSent: number;
+  /** Numbers sent lately: events may commit out of number order, so a window is re-read. */
+  recent: Set<number>;
 }
+
+/** Subscription ids are unique per project only. */
+function keyOf(projectId: string, subscriptionId: string): string {
+  return `${projectId}/${subscriptionId}`;
+}
+
+/** How far back (in event numbers) each pass re-reads, for events that committed late. */
+const LATE_WINDOW = 1000;
 
 /**
  * Websocket subscriptions as `MedplumClient`'s SubscriptionManager speaks them:
@@ -59,17 +70,34 @@ export class WebsocketHub {
   }
 
   async start(): Promise<void> {
-    this.listener = await this.pool.connect();
-    this.listener.on('notification', () => this.schedule());
-    await this.listener.query('LISTEN ermis_ws');
+    await this.listen();
     this.heartbeat = setInterval(() => {
       this.sendHeartbeats();
+      // also the fallback when a notification was missed (e.g. while LISTEN reconnected)
+      this.schedule();
       void this.pool.query(`DELETE FROM subscription_event WHERE created < now() - interval '${RETENTION}'`).catch(() => undefined);
+      void this.pool.query(`DELETE FROM ws_binding WHERE closed_at < now() - interval '${RETENTION}'`).catch(() => undefined);
     }, HEARTBEAT_MS);
+  }
+
+  /** LISTEN on a dedicated connection; if the database drops it, listen again (and catch up). */
+  private async listen(): Promise<void> {
+    const client = await this.pool.connect();
+    this.listener = client;
+    client.on('notification', () => this.schedule());
+    client.on('error', () => {
+      client.release(true);
+      this.listener = undefined;
+      if (this.heartbeat) {
+        setTimeout(() => void this.listen().then(() => this.schedule()).catch(() => undefined), 1000);
+      }
+    });
+    await client.query('LISTEN ermis_ws');
   }
 
   async stop(): Promise<void> {
     clearInterval(this.heartbeat);
+    this.heartbeat = undefined;
     for (const set of this.bindings.values()) {
       for (const binding of set) {
         binding.socket.close();
@@ -93,6 +121,10 @@ export class WebsocketHub {
       const subscription = await services.repo(session.context).readResource<Subscription>('Subscription', request.params.id);
       if (subscription.channel?.type !== 'websocket') {
         throw new OperationOutcomeError(badRequest('Subscription is not a websocket subscription'));
+      }
+      // Notifications are matched with the author's access: only the author may receive them.
+      if (subscription.meta?.author?.reference !== session.profile.reference) {
+        throw new OperationOutcomeError(badRequest('Only the author of a websocket subscription may bind to it'));
       }
       const lifetime = 3600;
       const token = await this.auth.keys.sign(
@@ -140,7 +172,7 @@ export class WebsocketHub {
     if (message.type === 'unbind-from-token' && message.payload?.token) {
       const claims = await this.auth.keys.verify(message.payload.token).catch(() => undefined);
       for (const binding of [...mine]) {
-        if (binding.subscriptionId === claims?.subscription_id) {
+        if (binding.subscriptionId === claims?.subscription_id && binding.loginId === claims?.login_id) {
           mine.delete(binding);
           await this.unbind(binding, false);
         }
@@ -161,6 +193,12 @@ export class WebsocketHub {
     if (!subscription || subscription.channel?.type !== 'websocket') {
       throw new Error('Subscription not found');
     }
+    const membership = login.membershipId
+      ? (await this.auth.directory.find<ProjectMembership>('ProjectMembership', login.membershipId, login.projectId))?.resource
+      : undefined;
+    if (!membership || membership.active === false || subscription.meta?.author?.reference !== membership.profile?.reference) {
+      throw new Error('Only the author of a websocket subscription may bind to it');
+    }
     const binding: Binding = {
       socket,
       subscriptionId: subscription.id,
@@ -168,19 +206,21 @@ export class WebsocketHub {
       loginId: login.id,
       criteria: subscription.criteria ?? '',
       lastSent: 0,
+      recent: new Set(),
     };
     socket.send(JSON.stringify(statusBundle(subscription.id, 'handshake')));
     // What this login missed since its previous subscription on the same criteria lost its socket.
     const { rows: previous } = await this.pool.query<{ subscription_id: string; last_event: string }>(
       `UPDATE ws_binding SET taken_over = true
-       WHERE login_id = $1 AND criteria = $2 AND closed_at > now() - interval '${TAKEOVER_WINDOW}' AND NOT taken_over AND subscription_id <> $3
+       WHERE project_id = $4 AND login_id = $1 AND criteria = $2 AND closed_at > now() - interval '${TAKEOVER_WINDOW}'
+         AND NOT taken_over AND subscription_id <> $3
        RETURNING subscription_id, last_event`,
-      [binding.loginId, binding.criteria, binding.subscriptionId]
+      [binding.loginId, binding.criteria, binding.subscriptionId, binding.projectId]
     );
     for (const old of previous) {
       const { rows } = await this.pool.query<EventRow>(
-        'SELECT * FROM subscription_event WHERE subscription_id = $1 AND event_number > $2 ORDER BY event_number',
-        [old.subscription_id, old.last_event]
+        'SELECT * FROM subscription_event WHERE project_id = $1 AND subscription_id = $2 AND event_number > $3 ORDER BY event_number',
+        [binding.projectId, old.subscription_id, old.last_event]
       );
       for (const row of rows) {
         socket.send(JSON.stringify(notificationBundle(binding.subscriptionId, row, this.fhirBase)));
@@ -188,15 +228,19 @@ export class WebsocketHub {
     }
     await this.pool.query(
       `INSERT INTO ws_binding (subscription_id, project_id, login_id, criteria) VALUES ($1, $2, $3, $4)
-       ON CONFLICT (subscription_id) DO UPDATE SET closed_at = NULL, taken_over = false`,
+       ON CONFLICT (project_id, subscription_id) DO UPDATE SET closed_at = NULL, taken_over = false`,
       [binding.subscriptionId, binding.projectId, binding.loginId, binding.criteria]
     );
-    const { rows: last } = await this.pool.query<{ last_event: string }>('SELECT last_event FROM ws_binding WHERE subscription_id = $1', [binding.subscriptionId]);
+    const { rows: last } = await this.pool.query<{ last_event: string }>(
+      'SELECT last_event FROM ws_binding WHERE project_id = $1 AND subscription_id = $2',
+      [binding.projectId, binding.subscriptionId]
+    );
     binding.lastSent = Number(last[0]?.last_event ?? 0);
-    let set = this.bindings.get(binding.subscriptionId);
+    const key = keyOf(binding.projectId, binding.subscriptionId);
+    let set = this.bindings.get(key);
     if (!set) {
       set = new Set();
-      this.bindings.set(binding.subscriptionId, set);
+      this.bindings.set(key, set);
     }
     set.add(binding);
     this.schedule();
@@ -204,16 +248,18 @@ export class WebsocketHub {
   }
 
   private async unbind(binding: Binding, closed: boolean): Promise<void> {
-    const set = this.bindings.get(binding.subscriptionId);
+    const key = keyOf(binding.projectId, binding.subscriptionId);
+    const set = this.bindings.get(key);
     set?.delete(binding);
     if (set?.size === 0) {
-      this.bindings.delete(binding.subscriptionId);
+      this.bindings.delete(key);
     }
     await this.pool
-      .query(`UPDATE ws_binding SET last_event = GREATEST(last_event, $2), closed_at = ${closed ? 'now()' : 'closed_at'} WHERE subscription_id = $1`, [
-        binding.subscriptionId,
-        binding.lastSent,
-      ])
+      .query(
+        `UPDATE ws_binding SET last_event = GREATEST(last_event, $3), closed_at = ${closed ? 'now()' : 'closed_at'}
+         WHERE project_id = $1 AND subscription_id = $2`,
+        [binding.projectId, binding.subscriptionId, binding.lastSent]
+      )
       .catch(() => undefined);
   }
 
@@ -227,27 +273,41 @@ export class WebsocketHub {
       return;
     }
     const all = [...this.bindings.values()].flatMap((s) => [...s]);
-    const since = Math.min(...all.map((b) => b.lastSent));
+    // Event numbers are taken before commit, so a lower number can become visible after a higher
+    // one: each pass re-reads a window below the last number sent and skips what was sent.
+    const since = Math.max(0, Math.min(...all.map((b) => b.lastSent)) - LATE_WINDOW);
+    const keys = [...this.bindings.keys()].map((k) => k.split('/'));
     const { rows } = await this.pool.query<EventRow>(
-      'SELECT * FROM subscription_event WHERE subscription_id = ANY($1::text[]) AND event_number > $2 ORDER BY event_number',
-      [[...this.bindings.keys()], since]
+      `SELECT * FROM subscription_event
+       WHERE (project_id, subscription_id) IN (SELECT * FROM unnest($1::uuid[], $2::text[])) AND event_number > $3
+       ORDER BY event_number`,
+      [keys.map((k) => k[0]), keys.map((k) => k[1]), since]
     );
     for (const row of rows) {
-      for (const binding of this.bindings.get(row.subscription_id) ?? []) {
+      for (const binding of this.bindings.get(keyOf(row.project_id, row.subscription_id)) ?? []) {
         const number = Number(row.event_number);
-        if (number > binding.lastSent && binding.socket.readyState === binding.socket.OPEN) {
-          binding.socket.send(JSON.stringify(notificationBundle(binding.subscriptionId, row, this.fhirBase)));
-          binding.lastSent = number;
+        if (binding.recent.has(number) || number <= binding.lastSent - LATE_WINDOW || binding.socket.readyState !== binding.socket.OPEN) {
+          continue;
+        }
+        binding.socket.send(JSON.stringify(notificationBundle(binding.subscriptionId, row, this.fhirBase)));
+        binding.recent.add(number);
+        binding.lastSent = Math.max(binding.lastSent, number);
+      }
+    }
+    for (const binding of all) {
+      for (const number of binding.recent) {
+        if (number <= binding.lastSent - LATE_WINDOW) {
+          binding.recent.delete(number);
         }
       }
     }
   }
 
   private sendHeartbeats(): void {
-    for (const [subscriptionId, set] of this.bindings) {
+    for (const set of this.bindings.values()) {
       for (const binding of set) {
         if (binding.socket.readyState === binding.socket.OPEN) {
-          binding.socket.send(JSON.stringify(statusBundle(subscriptionId, 'heartbeat')));
+          binding.socket.send(JSON.stringify(statusBundle(binding.subscriptionId, 'heartbeat')));
         }
       }
     }

@@ -44,6 +44,13 @@ CREATE TABLE job (
   updated      timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX job_ready ON job (run_at) WHERE status = 'pending';
+
+-- Cron runs already scheduled (by any node), kept a day so that a finished run is not scheduled again.
+CREATE TABLE cron_run (
+  bot_id  text        NOT NULL,
+  due     timestamptz NOT NULL,
+  PRIMARY KEY (bot_id, due)
+);
 CREATE INDEX job_lease ON job (locked_until) WHERE status = 'running';
 CREATE INDEX job_dead ON job (project_id, updated DESC) WHERE status = 'dead';
 
@@ -66,7 +73,7 @@ CREATE TABLE subscription_event (
   resource        jsonb,
   created         timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX subscription_event_subscription ON subscription_event (subscription_id, event_number);
+CREATE INDEX subscription_event_subscription ON subscription_event (project_id, subscription_id, event_number);
 CREATE INDEX subscription_event_created ON subscription_event (created);
 
 CREATE FUNCTION subscription_event_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -78,12 +85,13 @@ CREATE TRIGGER subscription_event_notify AFTER INSERT ON subscription_event FOR 
 
 -- Which login a websocket subscription was bound for, and what it was last sent before it closed.
 CREATE TABLE ws_binding (
-  subscription_id text        PRIMARY KEY,
+  subscription_id text        NOT NULL,
   project_id      uuid        NOT NULL,
   login_id        uuid        NOT NULL,
   criteria        text        NOT NULL,
   last_event      bigint      NOT NULL DEFAULT 0,
   closed_at       timestamptz,
-  taken_over      boolean     NOT NULL DEFAULT false
+  taken_over      boolean     NOT NULL DEFAULT false,
+  PRIMARY KEY (project_id, subscription_id)
 );
 CREATE INDEX ws_binding_login ON ws_binding (login_id, criteria) WHERE closed_at IS NOT NULL AND NOT taken_over;
