@@ -99,7 +99,15 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
     };
     const invalidations = redis ? subscribeInvalidations(redis, () => auth.sessions.invalidate()) : undefined;
     const jobs = new JobQueue(pool);
-    const bots = new BotExecutor(auth, new BotRuntime({ timeoutMs: config.botTimeoutMs, memoryMb: config.botMemoryMb, concurrency: config.botConcurrency }));
+    const bots = new BotExecutor(
+      auth,
+      new BotRuntime({
+        timeoutMs: config.botTimeoutMs,
+        memoryMb: config.botMemoryMb,
+        concurrency: config.botConcurrency,
+        allowedHosts: config.outboundAllowedHosts,
+      })
+    );
     const logError = (err: unknown): void => console.error('job runner:', err);
     const runner = new JobRunner(
       pool,

@@ -163,6 +163,22 @@ describe('misbehaving bots are contained', () => {
     ['process.exit', 'exports.handler = async () => { process.exit(1); };', /exited \(code 1\)/],
     ['reading server files', "exports.handler = async () => (await import('node:fs')).readFileSync('/etc/hostname', 'utf8');", /restricted/],
     ['starting a process', "exports.handler = async () => require('child_process').execSync('id');", /not available to bots/],
+    [
+      'connecting to the database',
+      "exports.handler = async () => { const net = await import('node:net'); await new Promise((ok, fail) => net.connect(5432, '127.0.0.1', ok).on('error', fail)); return 'connected'; };",
+      /may not connect to 127\.0\.0\.1:5432/,
+    ],
+    [
+      'reaching a private address by name',
+      "exports.handler = async () => { try { await fetch('http://localhost:6379/'); } catch (err) { throw new Error(String(err.cause?.message ?? err.message)); } return 'reached'; };",
+      /may not connect to localhost/,
+    ],
+    ['signalling the server', 'exports.handler = async () => { process.kill(process.ppid, 0); return "signalled"; };', /may not connect to other processes/],
+    [
+      'loading other installed packages',
+      "exports.handler = async () => process.getBuiltinModule('module').createRequire(process.cwd() + '/')('pg');",
+      /restricted|Cannot find module/,
+    ],
   ];
   test.each(cases)('%s: the bot fails alone, with an audited error; the server keeps serving', async (_name, code, expected) => {
     const bot = await deployBot(code);
@@ -181,6 +197,13 @@ describe('misbehaving bots are contained', () => {
     expect(audits[0].outcome).toBe('4');
     expect(audits[0].outcomeDesc).toMatch(expected);
   });
+});
+
+test('a result the bot sends itself over the IPC channel is ignored', async () => {
+  const bot = await deployBot(
+    "exports.handler = async () => { process.send({ ok: true, contentType: 'text/plain', body: 'forged', logs: '' }); await new Promise((r) => setTimeout(r, 200)); return 'genuine'; };"
+  );
+  expect((await execute(bot.id as string, '{}', 'application/json')).text).toBe('genuine');
 });
 
 describe('subscriptions with a Bot endpoint', () => {

@@ -1,11 +1,18 @@
 /**
  * One bot execution, in a process of its own (started by runtime.ts under Node's permission model:
- * it may read node_modules and nothing else of the server, write nowhere, start no process).
- * It imports nothing of the server: it gets the bot's code, the event and a short-lived token over
- * IPC, calls `handler(medplum, event)`, and sends back the result and the console output.
+ * it may read @medplum/core and its own files, nothing else of the server; it writes nowhere and
+ * starts no process). Before the bot's code runs, outgoing connections are confined to the
+ * server's API, public addresses and the admin's allow-list, and the process may signal no other.
+ * It gets the bot's code, the event and a short-lived token over IPC, calls
+ * `handler(medplum, event)`, and sends back the result (with the runtime's nonce) and the console output.
  */
+import dgram from 'node:dgram';
+import { lookup as dnsLookup } from 'node:dns';
+import type { LookupAddress, LookupOptions } from 'node:dns';
 import { createRequire } from 'node:module';
+import net from 'node:net';
 import { format } from 'node:util';
+import { isPrivateAddress } from '../net/private-addresses.ts';
 import type { BotEvent, Hl7Message as Hl7MessageType, MedplumClient as MedplumClientType } from '@medplum/core';
 
 // The bot `require`s @medplum/core (CommonJS); the runner uses that same module instance, so that a
@@ -17,6 +24,10 @@ const { Hl7Message, MedplumClient } = nodeRequire('@medplum/core') as {
 };
 
 interface ExecuteMessage {
+  /** Proves a result comes from this runner, not from the bot calling process.send itself. */
+  nonce: string;
+  /** Private hosts/addresses the admin allows outbound (OUTBOUND_ALLOWED_HOSTS). */
+  allowedHosts: string[];
   code: string;
   event: BotEvent;
   baseUrl: string;
@@ -25,9 +36,10 @@ interface ExecuteMessage {
   allowedModules: string[];
 }
 
-type ResultMessage =
+type ResultMessage = { nonce?: string } & (
   | { ok: true; contentType: 'x-application/hl7-v2+er7' | 'text/plain' | 'application/json'; body: string; logs: string }
-  | { ok: false; error: string; logs: string };
+  | { ok: false; error: string; logs: string }
+);
 
 const logs: string[] = [];
 const capture = (...args: unknown[]): void => {
@@ -44,13 +56,84 @@ function send(message: ResultMessage): void {
 }
 
 process.once('message', (raw: unknown) => {
+  const message = raw as ExecuteMessage;
+  const nonce = message.nonce;
   // A handler awaiting something that never settles leaves nothing on the event loop; this keeps the
   // process up so that it ends by the runtime's timeout (and is reported as such), not silently.
   const keepAlive = setInterval(() => undefined, 60_000);
-  void run(raw as ExecuteMessage)
-    .then(send, (err: unknown) => send({ ok: false, error: err instanceof Error ? err.message : String(err), logs: logs.join('\n') }))
+  void confine(message)
+    .then(() => run(message))
+    .then(
+      (result) => send({ ...result, nonce }),
+      (err: unknown) => send({ ok: false, error: err instanceof Error ? err.message : String(err), logs: logs.join('\n'), nonce })
+    )
     .finally(() => clearInterval(keepAlive));
 });
+
+/**
+ * Confines the process before the bot runs: TCP only to the server's API (its address and port),
+ * public addresses, or allow-listed hosts — checked on the resolved address, inside the socket's
+ * own lookup; no Unix sockets, no UDP, no signals to other processes.
+ */
+async function confine(message: ExecuteMessage): Promise<void> {
+  const api = new URL(message.baseUrl);
+  const apiPort = Number(api.port || (api.protocol === 'https:' ? 443 : 80));
+  const apiAddresses = new Set(
+    (await new Promise<LookupAddress[]>((resolve) => dnsLookup(api.hostname.replace(/^\[|\]$/g, ''), { all: true }, (err, a) => resolve(err ? [] : a)))).map((a) => a.address)
+  );
+  const allowedHosts = new Set(message.allowedHosts.map((h) => h.toLowerCase()));
+  const allowed = (host: string, address: string, family: number, port: number): boolean =>
+    (apiAddresses.has(address) && port === apiPort) || allowedHosts.has(host.toLowerCase()) || allowedHosts.has(address) || !isPrivateAddress(address, family);
+  const refuse = (what: string): Error => Object.assign(new Error(`Bots may not connect to ${what}`), { code: 'EACCES' });
+
+  const original = net.Socket.prototype.connect;
+  const guarded = function (this: net.Socket, ...args: unknown[]): net.Socket {
+    // net.connect passes one normalized [options, callback] array; direct calls pass the parts.
+    const first = Array.isArray(args[0]) ? (args[0] as unknown[])[0] : args[0];
+    const options = (typeof first === 'object' && first !== null ? first : {}) as net.TcpSocketConnectOpts & net.IpcSocketConnectOpts;
+    if (typeof first === 'string' || options.path) {
+      throw refuse('local sockets');
+    }
+    const host = options.host ?? 'localhost';
+    const port = Number(options.port);
+    const family = net.isIP(host);
+    if (family && !allowed(host, host, family, port)) {
+      throw refuse(`${host}:${port}`);
+    }
+    options.lookup = (hostname: string, opts: LookupOptions, callback: (err: Error | null, address: string | LookupAddress[], family?: number) => void) => {
+      dnsLookup(hostname, { ...opts, all: true }, (err, addresses) => {
+        const list = (addresses ?? []) as LookupAddress[];
+        const bad = list.find((a) => !allowed(hostname, a.address, a.family, port));
+        if (err || bad) {
+          callback(err ?? refuse(`${hostname} (${bad?.address}):${port}`), '');
+        } else if (opts.all) {
+          callback(null, list);
+        } else {
+          callback(null, list[0].address, list[0].family);
+        }
+      });
+    };
+    return (original as (...a: unknown[]) => net.Socket).apply(this, args);
+  };
+  Object.defineProperty(net.Socket.prototype, 'connect', { value: guarded, writable: false, configurable: false });
+  Object.defineProperty(dgram, 'createSocket', {
+    value: () => {
+      throw refuse('UDP');
+    },
+    writable: false,
+    configurable: false,
+  });
+  Object.defineProperty(process, 'kill', {
+    value: (pid: number) => {
+      if (pid !== process.pid) {
+        throw refuse('other processes');
+      }
+      process.exit(1);
+    },
+    writable: false,
+    configurable: false,
+  });
+}
 
 async function run(message: ExecuteMessage): Promise<ResultMessage> {
   const allowed = new Set(message.allowedModules);

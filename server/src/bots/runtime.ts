@@ -1,10 +1,12 @@
 import { fork } from 'node:child_process';
+import { randomUUID } from 'node:crypto';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { BotEvent } from '@medplum/core';
 
 const CHILD = fileURLToPath(new URL('./child.ts', import.meta.url));
 const ROOT = path.resolve(path.dirname(CHILD), '../../..');
+const PRIVATE_ADDRESSES_FILE = fileURLToPath(new URL('../net/private-addresses.ts', import.meta.url));
 
 /** Modules a bot may `require` (as on Medplum's vmcontext runtime, a short list). */
 const ALLOWED_MODULES = ['@medplum/core'];
@@ -21,6 +23,8 @@ export interface BotRunResult {
 }
 
 export interface RuntimeOptions {
+  /** Private hosts/addresses bots may reach besides the server's API (OUTBOUND_ALLOWED_HOSTS). */
+  allowedHosts: string[];
   /** Wall-clock limit of one execution, async work included. */
   timeoutMs: number;
   /** V8 heap limit of the execution's process. */
@@ -75,11 +79,15 @@ export class BotRuntime {
     return new Promise((resolve) => {
       let stderr = '';
       let settled = false;
+      const nonce = randomUUID();
       const child = fork(CHILD, [], {
         execArgv: [
           '--permission',
-          `--allow-fs-read=${path.join(ROOT, 'node_modules')}`,
+          // @medplum/core has no dependencies: it is all a bot may load. (Not node_modules as a
+          // whole: workspace links there lead back into the server's sources.)
+          `--allow-fs-read=${path.join(ROOT, 'node_modules', '@medplum', 'core')}`,
           `--allow-fs-read=${path.dirname(CHILD)}`,
+          `--allow-fs-read=${PRIVATE_ADDRESSES_FILE}`,
           `--allow-fs-read=${path.join(ROOT, 'package.json')}`,
           `--allow-fs-read=${path.join(ROOT, 'server', 'package.json')}`,
           `--max-old-space-size=${this.options.memoryMb}`,
@@ -89,6 +97,8 @@ export class BotRuntime {
         env: {},
         stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
         serialization: 'advanced',
+        // As root, bots run as nobody: they can then neither signal the server nor read its files.
+        ...(process.getuid?.() === 0 ? { uid: 65534, gid: 65534 } : {}),
       });
       const finish = (result: Omit<BotRunResult, 'durationMs'>): void => {
         if (settled) {
@@ -104,7 +114,10 @@ export class BotRuntime {
         stderr = (stderr + d.toString()).slice(-4000);
       });
       child.on('message', (message: unknown) => {
-        const m = message as { ok: boolean; contentType?: string; body?: string; error?: string; logs: string };
+        const m = message as { ok: boolean; contentType?: string; body?: string; error?: string; logs: string; nonce?: string };
+        if (m.nonce !== nonce) {
+          return; // written by the bot itself (process.send), not by the runner
+        }
         finish(m.ok ? { ok: true, contentType: m.contentType, body: m.body, logs: m.logs } : { ok: false, error: m.error, logs: m.logs });
       });
       child.on('error', (err) => finish({ ok: false, error: `Bot process failed: ${err.message}`, logs: '' }));
@@ -114,7 +127,7 @@ export class BotRuntime {
           : `Bot process exited (${signal ?? `code ${exitCode}`}) before answering`;
         finish({ ok: false, error: reason, logs: '' });
       });
-      child.send({ code, event, baseUrl, accessToken, allowedModules: ALLOWED_MODULES });
+      child.send({ nonce, allowedHosts: this.options.allowedHosts, code, event, baseUrl, accessToken, allowedModules: ALLOWED_MODULES });
     });
   }
 }

@@ -3,37 +3,7 @@ import type { LookupAddress, LookupOptions } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
 import { BlockList, isIP } from 'node:net';
-
-/**
- * Addresses a server-side request must not reach unless allowed: loopback, private, link-local
- * (cloud metadata), carrier-grade NAT, unspecified, multicast and reserved ranges, v4 and v6.
- */
-const PRIVATE = new BlockList();
-for (const [net, prefix] of [
-  ['0.0.0.0', 8],
-  ['10.0.0.0', 8],
-  ['100.64.0.0', 10],
-  ['127.0.0.0', 8],
-  ['169.254.0.0', 16],
-  ['172.16.0.0', 12],
-  ['192.0.0.0', 24],
-  ['192.168.0.0', 16],
-  ['198.18.0.0', 15],
-  ['224.0.0.0', 4],
-  ['240.0.0.0', 4],
-] as const) {
-  PRIVATE.addSubnet(net, prefix, 'ipv4');
-}
-for (const [net, prefix] of [
-  ['::', 128],
-  ['::1', 128],
-  ['::ffff:0:0', 96],
-  ['fc00::', 7],
-  ['fe80::', 10],
-  ['ff00::', 8],
-] as const) {
-  PRIVATE.addSubnet(net, prefix, 'ipv6');
-}
+import { isPrivateAddress } from '../net/private-addresses.ts';
 
 export class OutboundRefused extends Error {}
 
@@ -61,7 +31,7 @@ export class OutboundPolicy {
 
   private addressAllowed(host: string, address: string, family: number): boolean {
     const type = family === 6 ? 'ipv6' : 'ipv4';
-    return this.hosts.has(host.toLowerCase()) || this.allowed.check(address, type) || !PRIVATE.check(address, type);
+    return this.hosts.has(host.toLowerCase()) || this.allowed.check(address, type) || !isPrivateAddress(address, family);
   }
 
   /**
