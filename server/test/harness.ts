@@ -157,6 +157,18 @@ export function freePort(): Promise<number> {
 
 export const FHIR_JSON = { 'Content-Type': 'application/fhir+json' };
 
+/** Waits (bounded) until `predicate` holds, checking every 25 ms; returns whether it did. */
+export async function until(predicate: () => boolean, timeoutMs = 20_000): Promise<boolean> {
+  const end = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > end) {
+      return false;
+    }
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  return true;
+}
+
 /** A value unique to this test run, for identifiers that must not collide across files sharing a database. */
 export function unique(prefix = 'x'): string {
   return `${prefix}-${process.pid}-${Math.random().toString(36).slice(2, 10)}`;

@@ -1,5 +1,6 @@
 import { createServer } from 'node:http';
 import type { IncomingHttpHeaders, Server } from 'node:http';
+import { until } from './harness.ts';
 
 export interface Delivery {
   headers: IncomingHttpHeaders;
@@ -43,14 +44,7 @@ export class RestHookReceiver {
   }
 
   /** Waits (bounded) until `predicate` holds; returns whether it did. */
-  async until(predicate: () => boolean, timeoutMs = 20_000): Promise<boolean> {
-    const end = Date.now() + timeoutMs;
-    while (!predicate()) {
-      if (Date.now() > end) {
-        return false;
-      }
-      await new Promise((r) => setTimeout(r, 25));
-    }
-    return true;
+  until(predicate: () => boolean, timeoutMs = 20_000): Promise<boolean> {
+    return until(predicate, timeoutMs);
   }
 }

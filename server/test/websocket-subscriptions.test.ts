@@ -1,6 +1,6 @@
 import type { Bundle, Patient, Resource } from '@medplum/fhirtypes';
 import { describe, expect, test } from 'vitest';
-import { unique, useTestServer } from './harness.ts';
+import { unique, until, useTestServer } from './harness.ts';
 
 const t = useTestServer();
 
@@ -9,16 +9,6 @@ function focusOf(bundle: Bundle): string | undefined {
   return entry?.resource ? `${entry.resource.resourceType}/${(entry.resource as Resource).id}` : entry?.request?.url;
 }
 
-async function until(predicate: () => boolean, timeoutMs = 20_000): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > end) {
-      return false;
-    }
-    await new Promise((r) => setTimeout(r, 25));
-  }
-  return true;
-}
 
 describe('websocket subscriptions with MedplumClient', () => {
   test('creates and updates arrive as event-notification bundles', async () => {

@@ -6,7 +6,7 @@ import { transform } from 'esbuild';
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { authenticate } from '../auth/authenticate.ts';
 import type { AuthSession } from '../auth/sessions.ts';
-import { JSON_TYPES, parseJsonBody } from '../http/json-body.ts';
+import { useJsonBodies } from '../http/json-body.ts';
 import type { ServerServices } from '../services.ts';
 import type { BotExecutor } from './executor.ts';
 
@@ -18,14 +18,7 @@ const TEXT_TYPES = /^(text\/[a-z0-9.+-]+|x-application\/hl7-v2\+er7|application\
  * `Bot/{id}/$execute`, `Bot/$execute?identifier=` with JSON, form, text, CSV and HL7 bodies.
  */
 export async function botRoutes(app: FastifyInstance, services: ServerServices, executor: BotExecutor): Promise<void> {
-  app.removeAllContentTypeParsers();
-  app.addContentTypeParser(JSON_TYPES, { parseAs: 'buffer' }, (_req, body, done) => {
-    try {
-      done(null, parseJsonBody(body as Buffer));
-    } catch (err) {
-      done(err as Error, undefined);
-    }
-  });
+  useJsonBodies(app);
   app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_req, body, done) => {
     done(null, Object.fromEntries(new URLSearchParams(body as string)));
   });
