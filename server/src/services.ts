@@ -91,7 +91,11 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       projects,
       redis
     );
+    let wakeJobs = (): void => undefined;
     base.onWrite = (resourceType) => {
+      if (resourceType !== 'AuditEvent') {
+        wakeJobs(); // AuditEvents add no outbox rows
+      }
       // With Redis, other nodes drop their cached sessions at once instead of after their TTL.
       if (auth.sessions.resourceWritten(resourceType) && redis?.isReady) {
         redis.publish(INVALIDATE_CHANNEL, resourceType).catch(() => undefined);
@@ -133,11 +137,12 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
         // A lease shorter than the longest job would let a second node run it while the first still does.
         leaseSeconds: Math.max(config.jobLeaseSeconds, Math.ceil(Math.max(config.subscriptionTimeoutMs, config.botTimeoutMs) / 1000) + 5),
         retryBaseMs: config.jobRetryBaseMs,
-        pollMs: 1000,
+        pollMs: 250,
       },
       logError
     );
     await runner.start();
+    wakeJobs = () => runner.wake();
     const cron = new CronScheduler(pool, jobs, config.cronTickMs, logError);
     if (config.jobWorkers > 0) {
       cron.start();

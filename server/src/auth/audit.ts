@@ -43,7 +43,6 @@ export class AuditLog {
   private queue: { projectId: string; event: AuditEvent }[] = [];
   private timer: NodeJS.Timeout | undefined;
   private flushing: Promise<void> | undefined;
-  private dropped = 0;
 
   constructor(directory: Directory, observer: string, fallback: AuditVolume = 'all') {
     this.directory = directory;
@@ -126,7 +125,7 @@ export class AuditLog {
 
   private enqueue(projectId: string, event: AuditEvent): void {
     if (this.queue.length >= MAX_QUEUE) {
-      this.dropped++;
+      process.emitWarning('AuditEvent queue full: event dropped');
       return;
     }
     this.queue.push({ projectId, event });
@@ -170,7 +169,6 @@ export class AuditLog {
         }
         for (const event of events) {
           await repo.createResource(event).catch((err: unknown) => {
-            this.dropped++;
             process.emitWarning(`AuditEvent not written: ${(err as Error).message}`);
           });
         }
@@ -181,11 +179,6 @@ export class AuditLog {
     } finally {
       this.flushing = undefined;
     }
-  }
-
-  /** Events that could not be queued or written since start (for the health view). */
-  droppedCount(): number {
-    return this.dropped;
   }
 
   async close(): Promise<void> {

@@ -161,9 +161,4 @@ export class JobQueue {
     );
     return rowCount === 1;
   }
-
-  async get(id: string): Promise<Job | undefined> {
-    const { rows } = await this.db.query<JobRow>('SELECT * FROM job WHERE id = $1', [id]);
-    return rows[0] ? toJob(rows[0]) : undefined;
-  }
 }

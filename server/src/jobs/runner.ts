@@ -26,8 +26,8 @@ export interface RunnerOptions {
 }
 
 /**
- * Runs the outbox dispatcher and the job handlers of this node. Woken by Postgres NOTIFY when a
- * write commits or a job is queued, and polling as a fallback.
+ * Runs the outbox dispatcher and the job handlers of this node. Woken by this node's writes and by
+ * Postgres NOTIFY when a job is queued or changes, and polling as a fallback (other nodes' writes).
  */
 export class JobRunner {
   private readonly pool: pg.Pool;
@@ -92,8 +92,12 @@ export class JobRunner {
         setTimeout(() => void this.listen().catch(() => undefined), 1000);
       }
     });
-    await client.query('LISTEN ermis_outbox');
     await client.query('LISTEN ermis_jobs');
+  }
+
+  /** A write on this node added outbox rows: dispatch now rather than at the next poll. */
+  wake(): void {
+    this.notify();
   }
 
   private notify(): void {

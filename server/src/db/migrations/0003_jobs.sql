@@ -14,13 +14,8 @@ CREATE TABLE outbox (
   created             timestamptz NOT NULL DEFAULT now()
 );
 
--- Wake the dispatcher as soon as a write commits (NOTIFY is delivered at commit).
-CREATE FUNCTION outbox_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-  PERFORM pg_notify('ermis_outbox', '');
-  RETURN NULL;
-END $$;
-CREATE TRIGGER outbox_notify AFTER INSERT ON outbox FOR EACH STATEMENT EXECUTE FUNCTION outbox_notify();
+-- No NOTIFY here: a NOTIFY takes a database-wide lock at commit, and every write commits an outbox
+-- row. The node that writes wakes its own dispatcher; the others poll the outbox.
 
 -- Work to do, claimed with FOR UPDATE SKIP LOCKED by any node. A running job whose lease ran out
 -- (its node died) is claimed again. Jobs that use up their attempts stay as 'dead' until an admin
