@@ -17,7 +17,7 @@ import { JobRunner } from './jobs/runner.ts';
 import { subscriptionMatcher } from './subscriptions/matcher.ts';
 import { OutboundPolicy } from './subscriptions/outbound.ts';
 import { restHookHandler } from './subscriptions/rest-hook.ts';
-import { WebsocketHub } from './subscriptions/websocket.ts';
+import { WebsocketHub, WS_CHANNEL } from './subscriptions/websocket.ts';
 import { migrate } from './db/migrate.ts';
 import { connectRedis } from './db/redis.ts';
 import type { RedisClient } from './db/redis.ts';
@@ -113,10 +113,15 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       })
     );
     const logError = (err: unknown): void => console.error('job runner:', err);
+    const dispatcher = new OutboxDispatcher(pool, jobs, [subscriptionMatcher(auth.directory, auth.sessions, logError)]);
+    if (redis) {
+      // Websocket notifications may have been stored: every node's hub looks.
+      dispatcher.onCommitted = () => void (redis.isReady ? redis.publish(WS_CHANNEL, '') : Promise.resolve()).catch(() => undefined);
+    }
     const runner = new JobRunner(
       pool,
       jobs,
-      new OutboxDispatcher(pool, jobs, [subscriptionMatcher(auth.directory, auth.sessions, logError)]),
+      dispatcher,
       new Map([
         [
           'rest-hook',
@@ -148,7 +153,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       cron.start();
     }
     const websockets = new WebsocketHub(pool, auth);
-    await websockets.start();
+    await websockets.start(redis?.duplicate());
     return {
       ...base,
       config,

@@ -1,6 +1,6 @@
-import type { AccessPolicy, Patient, Subscription } from '@medplum/fhirtypes';
+import type { AccessPolicy, Bundle, Patient, Subscription } from '@medplum/fhirtypes';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startTestServer, unique } from './harness.ts';
+import { startTestServer, unique, until } from './harness.ts';
 import type { TestServer } from './harness.ts';
 import { RestHookReceiver } from './rest-hook-receiver.ts';
 
@@ -80,5 +80,24 @@ describe('two nodes', () => {
     // well within the 5 s the cache would otherwise keep it
     expect(status).toBe(200);
     expect((await b.fhir('Patient?_count=1', { headers })).status).toBe(403);
+  });
+
+  test('a websocket subscription held by one node gets what is written on the other (announced over Redis)', async () => {
+    const family = unique('WsNodes');
+    const onB = await b.signIn(b.admin.email, b.admin.password, b.projectId);
+    const emitter = onB.subscribeToCriteria(`Patient?name=${family}`);
+    const received: string[] = [];
+    let connected = false;
+    emitter.addEventListener('connect', () => (connected = true));
+    emitter.addEventListener('message', (e) => received.push(((e.payload as Bundle).entry?.[1]?.resource as Patient).id as string));
+    try {
+      expect(await until(() => connected)).toBe(true);
+      const patient = await a.medplum().createResource<Patient>({ resourceType: 'Patient', name: [{ family }] });
+      // well before the hub's 10 s fallback pass
+      expect(await until(() => received.includes(patient.id as string), 5000)).toBe(true);
+    } finally {
+      onB.unsubscribeFromCriteria(`Patient?name=${family}`);
+      onB.getSubscriptionManager().closeWebSocket();
+    }
   });
 });

@@ -25,6 +25,9 @@ export class OutboxDispatcher {
   private readonly queue: JobQueue;
   private readonly handlers: EventHandler[];
 
+  /** Called after a batch commits (e.g. to tell other nodes over Redis that notifications wait). */
+  onCommitted: (() => void) | undefined;
+
   constructor(pool: pg.Pool, queue: JobQueue, handlers: EventHandler[]) {
     this.pool = pool;
     this.queue = queue;
@@ -68,6 +71,9 @@ export class OutboxDispatcher {
         await this.queue.enqueue(jobs, client);
       }
       await client.query('COMMIT');
+      if (events.length > 0) {
+        this.onCommitted?.();
+      }
       return events.length;
     } catch (err) {
       await client.query('ROLLBACK').catch(() => undefined);

@@ -6,9 +6,12 @@ import type pg from 'pg';
 import type { WebSocket } from 'ws';
 import { authenticate } from '../auth/authenticate.ts';
 import type { AuthServices } from '../auth/service.ts';
+import type { RedisClient } from '../db/redis.ts';
 import type { ServerServices } from '../services.ts';
 
 const HEARTBEAT_MS = 10_000;
+/** The Redis channel that announces new websocket notifications (when REDIS_URL is set). */
+export const WS_CHANNEL = 'ermis:ws:notifications';
 /** How long after a socket closes its login may pick up what it missed through a new subscription. */
 const TAKEOVER_WINDOW = '2 minutes';
 /** How long notifications are kept for replay. */
@@ -58,6 +61,7 @@ export class WebsocketHub {
   private readonly auth: AuthServices;
   private readonly bindings = new Map<string, Set<Binding>>();
   private listener: pg.PoolClient | undefined;
+  private subscriber: RedisClient | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private sending: Promise<void> = Promise.resolve();
 
@@ -69,8 +73,21 @@ export class WebsocketHub {
     this.fhirBase = `${auth.config.baseUrl}fhir/R4/`;
   }
 
-  async start(): Promise<void> {
-    await this.listen();
+  /**
+   * With Redis, notifications are announced on a Redis channel (`subscriber` listens, the outbox
+   * dispatcher publishes after each commit); without it, on Postgres NOTIFY.
+   */
+  async start(subscriber?: RedisClient): Promise<void> {
+    if (subscriber) {
+      subscriber.on('error', () => undefined);
+      subscriber
+        .connect()
+        .then(() => subscriber.subscribe(WS_CHANNEL, () => this.schedule()))
+        .catch(() => undefined);
+      this.subscriber = subscriber;
+    } else {
+      await this.listen();
+    }
     this.heartbeat = setInterval(() => {
       this.sendHeartbeats();
       // also the fallback when a notification was missed (e.g. while LISTEN reconnected)
@@ -98,6 +115,7 @@ export class WebsocketHub {
   async stop(): Promise<void> {
     clearInterval(this.heartbeat);
     this.heartbeat = undefined;
+    await this.subscriber?.close().catch(() => undefined);
     for (const set of this.bindings.values()) {
       for (const binding of set) {
         binding.socket.close();
