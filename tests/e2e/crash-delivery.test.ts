@@ -16,8 +16,8 @@
  *
  * The lease of a claimed job is JOB_LEASE_SECONDS, but never shorter than the longest job may take
  * (the subscription and bot timeouts + 5 s), computed by the node that claims it
- * (server/src/services.ts). Scenario 2 uses 5 s timeouts and JOB_LEASE_SECONDS=1 (lease 10 s), so it
- * waits about 10 s for the jobs the dead node had claimed.
+ * (server/src/services.ts). Scenario 2 uses a 15 s delivery timeout and JOB_LEASE_SECONDS=1 (lease
+ * 20 s), so it waits about 20 s for the jobs the dead node had claimed.
  */
 import type { Subscription } from '@medplum/fhirtypes';
 import { ClientStorage, MedplumClient, MemoryStorage } from '@medplum/core';
@@ -337,7 +337,9 @@ describe('crash: SIGKILL right after commits that enqueue rest-hook deliveries',
     const databaseUrl = await createTestDatabase();
     const db = database(databaseUrl);
     // Lease of a claimed job: ceil(5000 / 1000) + 30 = 35 s.
-    const env = { JOB_WORKERS: String(WORKERS), SUBSCRIPTION_TIMEOUT_MS: '5000', BOT_TIMEOUT_MS: '5000', JOB_LEASE_SECONDS: '1' };
+    // The delivery timeout stays well above what a loaded 2-core machine needs for one exchange: a
+    // timeout after the receiver answered would (rightly, at least once) send the event again.
+    const env = { JOB_WORKERS: String(WORKERS), SUBSCRIPTION_TIMEOUT_MS: '15000', BOT_TIMEOUT_MS: '5000', JOB_LEASE_SECONDS: '1' };
 
     const first = await startServer(databaseUrl, env);
     const projectId = await firstProjectId(db);
