@@ -42,9 +42,13 @@ describe('websocket subscriptions with MedplumClient', () => {
     const family = unique('Drop');
     const emitter = medplum.subscribeToCriteria(`Patient?name=${family}`);
     const received = new Set<string>();
+    const arrivals: string[] = [];
     let connects = 0;
     emitter.addEventListener('connect', () => connects++);
-    emitter.addEventListener('message', (e) => received.add(focusOf(e.payload as Bundle) as string));
+    emitter.addEventListener('message', (e) => {
+      received.add(focusOf(e.payload as Bundle) as string);
+      arrivals.push(focusOf(e.payload as Bundle) as string);
+    });
     try {
       expect(await until(() => connects === 1)).toBe(true);
       const before = await medplum.createResource<Patient>({ resourceType: 'Patient', name: [{ family }] });
@@ -63,6 +67,9 @@ describe('websocket subscriptions with MedplumClient', () => {
       expect(await until(() => connects >= 2)).toBe(true);
       const after = await medplum.createResource<Patient>({ resourceType: 'Patient', name: [{ family }] });
       expect(await until(() => [...during, `Patient/${after.id}`].every((f) => received.has(f)))).toBe(true);
+      // replayed once, not also through the new subscription
+      await new Promise((r) => setTimeout(r, 300));
+      expect(arrivals.filter((f) => f !== `Patient/${before.id}`).sort()).toEqual([...during, `Patient/${after.id}`].sort());
     } finally {
       medplum.unsubscribeFromCriteria(`Patient?name=${family}`);
       medplum.getSubscriptionManager().closeWebSocket();
@@ -83,5 +90,30 @@ describe('websocket subscriptions with MedplumClient', () => {
     // a binding token is only issued for websocket subscriptions the caller can read
     const hook = await t.medplum.createResource({ resourceType: 'Subscription', status: 'active', reason: 'x', criteria: 'Patient', channel: { type: 'rest-hook', endpoint: 'https://example.org/hook' } });
     await expect(t.medplum.get(`fhir/R4/Subscription/${hook.id}/$get-ws-binding-token`)).rejects.toThrow('not a websocket subscription');
+  });
+
+  test('a websocket Subscription whose socket closed and was not taken over is deleted after a while', async () => {
+    const medplum = await t.server.signIn(t.server.admin.email, t.server.admin.password, t.server.projectId);
+    const family = unique('Gone');
+    const emitter = medplum.subscribeToCriteria(`Patient?name=${family}`);
+    let connected = false;
+    emitter.addEventListener('connect', () => (connected = true));
+    expect(await until(() => connected)).toBe(true);
+    const [subscription] = await t.medplum.searchResources('Subscription', { criteria: `Patient?name=${family}` });
+    medplum.unsubscribeFromCriteria(`Patient?name=${family}`);
+    medplum.getSubscriptionManager().closeWebSocket();
+    const hub = t.server.services.websockets;
+    let closed = false;
+    for (let i = 0; i < 200 && !closed; i++) {
+      const { rows } = await t.server.services.pool.query('SELECT 1 FROM ws_binding WHERE subscription_id = $1 AND closed_at IS NOT NULL', [subscription.id]);
+      closed = rows.length === 1;
+      await new Promise((r) => setTimeout(r, 25));
+    }
+    expect(closed).toBe(true);
+    // not yet: it could still be taken over
+    expect(await hub.expireAbandoned()).toBe(0);
+    await t.server.services.pool.query("UPDATE ws_binding SET closed_at = now() - interval '6 minutes' WHERE subscription_id = $1", [subscription.id]);
+    expect(await hub.expireAbandoned()).toBe(1);
+    await expect(t.medplum.readResource('Subscription', subscription.id as string)).rejects.toThrow('Gone');
   });
 });

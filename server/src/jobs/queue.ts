@@ -140,6 +140,11 @@ export class JobQueue {
     return dead ? 'dead' : 'pending';
   }
 
+  /** Drops dead jobs nobody replayed within `days` (their AuditEvents remain). */
+  async purgeDead(days: number): Promise<void> {
+    await this.db.query(`DELETE FROM job WHERE status = 'dead' AND updated < now() - make_interval(days => $1)`, [days]);
+  }
+
   /** Dead jobs of a project, newest first (the dead-letter list). */
   async dead(projectId: string, limit = 100): Promise<Job[]> {
     const { rows } = await this.db.query<JobRow>(

@@ -14,6 +14,9 @@ export class JobFailure extends Error {
 
 export type JobHandler = (job: Job) => Promise<void>;
 
+/** Dead jobs stay replayable this long. */
+const DEAD_JOB_RETENTION_DAYS = 14;
+
 export interface RunnerOptions {
   /** Jobs run at once by this node. */
   workers: number;
@@ -129,7 +132,13 @@ export class JobRunner {
     }
   }
 
+  private lastPurge = 0;
+
   private async dispatchAll(): Promise<boolean> {
+    if (Date.now() - this.lastPurge > 3600_000) {
+      this.lastPurge = Date.now();
+      await this.queue.purgeDead(DEAD_JOB_RETENTION_DAYS);
+    }
     let any = false;
     while (this.running && (await this.dispatcher.runOnce()) > 0) {
       any = true;

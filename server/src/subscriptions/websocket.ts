@@ -16,6 +16,8 @@ export const WS_CHANNEL = 'ermis:ws:notifications';
 const TAKEOVER_WINDOW = '2 minutes';
 /** How long notifications are kept for replay. */
 const RETENTION = '10 minutes';
+/** A websocket Subscription whose socket closed this long ago (and was not taken over) is deleted. */
+const ABANDONED_AFTER = '5 minutes';
 
 interface EventRow {
   event_number: string;
@@ -93,8 +95,26 @@ export class WebsocketHub {
       // also the fallback when a notification was missed (e.g. while LISTEN reconnected)
       this.schedule();
       void this.pool.query(`DELETE FROM subscription_event WHERE created < now() - interval '${RETENTION}'`).catch(() => undefined);
-      void this.pool.query(`DELETE FROM ws_binding WHERE closed_at < now() - interval '${RETENTION}'`).catch(() => undefined);
+      void this.expireAbandoned().catch(() => undefined);
     }, HEARTBEAT_MS);
+  }
+
+  /**
+   * MedplumClient stores a new Subscription on every (re)connect and never deletes the old one:
+   * a websocket Subscription whose socket closed and that nobody took over is deleted, so that it
+   * stops being matched against every write. Returns how many went.
+   */
+  async expireAbandoned(): Promise<number> {
+    const { rows } = await this.pool.query<{ project_id: string; subscription_id: string }>(
+      `DELETE FROM ws_binding WHERE closed_at < now() - interval '${ABANDONED_AFTER}' RETURNING project_id, subscription_id`
+    );
+    for (const row of rows) {
+      await this.auth.directory
+        .repo(row.project_id)
+        .deleteResource('Subscription', row.subscription_id)
+        .catch(() => undefined);
+    }
+    return rows.length;
   }
 
   /** LISTEN on a dedicated connection; if the database drops it, listen again (and catch up). */
@@ -170,7 +190,7 @@ export class WebsocketHub {
       });
       socket.on('close', () => {
         for (const binding of mine) {
-          void this.unbind(binding, true);
+          void this.unbind(binding);
         }
       });
     });
@@ -192,7 +212,7 @@ export class WebsocketHub {
       for (const binding of [...mine]) {
         if (binding.subscriptionId === claims?.subscription_id && binding.loginId === claims?.login_id) {
           mine.delete(binding);
-          await this.unbind(binding, false);
+          await this.unbind(binding);
         }
       }
     }
@@ -236,9 +256,11 @@ export class WebsocketHub {
       [binding.loginId, binding.criteria, binding.subscriptionId, binding.projectId]
     );
     for (const old of previous) {
+      // Events dispatched after the new subscription existed reached it too: only older ones are replayed.
       const { rows } = await this.pool.query<EventRow>(
-        'SELECT * FROM subscription_event WHERE project_id = $1 AND subscription_id = $2 AND event_number > $3 ORDER BY event_number',
-        [binding.projectId, old.subscription_id, old.last_event]
+        `SELECT * FROM subscription_event WHERE project_id = $1 AND subscription_id = $2 AND event_number > $3
+           AND created < coalesce($4::timestamptz, 'infinity') ORDER BY event_number`,
+        [binding.projectId, old.subscription_id, old.last_event, subscription.meta?.lastUpdated ?? null]
       );
       for (const row of rows) {
         socket.send(JSON.stringify(notificationBundle(binding.subscriptionId, row, this.fhirBase)));
@@ -265,7 +287,8 @@ export class WebsocketHub {
     return binding;
   }
 
-  private async unbind(binding: Binding, closed: boolean): Promise<void> {
+  /** The socket closed or the client unbound: it may still be taken over for a while, then it expires. */
+  private async unbind(binding: Binding): Promise<void> {
     const key = keyOf(binding.projectId, binding.subscriptionId);
     const set = this.bindings.get(key);
     set?.delete(binding);
@@ -274,7 +297,7 @@ export class WebsocketHub {
     }
     await this.pool
       .query(
-        `UPDATE ws_binding SET last_event = GREATEST(last_event, $3), closed_at = ${closed ? 'now()' : 'closed_at'}
+        `UPDATE ws_binding SET last_event = GREATEST(last_event, $3), closed_at = now()
          WHERE project_id = $1 AND subscription_id = $2`,
         [binding.projectId, binding.subscriptionId, binding.lastSent]
       )
