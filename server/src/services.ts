@@ -6,18 +6,10 @@ import { bootstrap } from './auth/bootstrap.ts';
 import { createAuthServices } from './auth/service.ts';
 import type { AuthServices } from './auth/service.ts';
 import type { ServerConfig } from './config.ts';
-import { asyncExecuteHandler } from './bots/async.ts';
-import { CronScheduler, cronHandler } from './bots/cron.ts';
-import { BotExecutor } from './bots/executor.ts';
-import { BotRuntime } from './bots/runtime.ts';
-import { botSubscriptionHandler } from './bots/subscription.ts';
-import { OutboxDispatcher } from './jobs/outbox.ts';
-import { JobQueue } from './jobs/queue.ts';
-import { JobRunner } from './jobs/runner.ts';
-import { subscriptionMatcher } from './subscriptions/matcher.ts';
-import { OutboundPolicy } from './subscriptions/outbound.ts';
-import { restHookHandler } from './subscriptions/rest-hook.ts';
-import { WebsocketHub, WS_CHANNEL } from './subscriptions/websocket.ts';
+import { startBackgroundWork } from './jobs/background.ts';
+import type { BotExecutor } from './bots/executor.ts';
+import type { JobQueue } from './jobs/queue.ts';
+import type { WebsocketHub } from './subscriptions/websocket.ts';
 import { migrate } from './db/migrate.ts';
 import { connectRedis } from './db/redis.ts';
 import type { RedisClient } from './db/redis.ts';
@@ -91,10 +83,10 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       projects,
       redis
     );
-    let wakeJobs = (): void => undefined;
+    const background = await startBackgroundWork({ pool, config, auth, redis });
     base.onWrite = (resourceType) => {
       if (resourceType !== 'AuditEvent') {
-        wakeJobs(); // AuditEvents add no outbox rows
+        background.wake(); // AuditEvents add no outbox rows
       }
       // With Redis, other nodes drop their cached sessions at once instead of after their TTL.
       if (auth.sessions.resourceWritten(resourceType) && redis?.isReady) {
@@ -102,58 +94,6 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       }
     };
     const invalidations = redis ? subscribeInvalidations(redis, () => auth.sessions.invalidate()) : undefined;
-    const jobs = new JobQueue(pool);
-    const bots = new BotExecutor(
-      auth,
-      new BotRuntime({
-        timeoutMs: config.botTimeoutMs,
-        memoryMb: config.botMemoryMb,
-        concurrency: config.botConcurrency,
-        allowedHosts: config.outboundAllowedHosts,
-      })
-    );
-    const logError = (err: unknown): void => console.error('job runner:', err);
-    const dispatcher = new OutboxDispatcher(pool, jobs, [subscriptionMatcher(auth.directory, auth.sessions, logError)]);
-    if (redis) {
-      // Websocket notifications may have been stored: every node's hub looks.
-      dispatcher.onCommitted = () => void (redis.isReady ? redis.publish(WS_CHANNEL, '') : Promise.resolve()).catch(() => undefined);
-    }
-    const runner = new JobRunner(
-      pool,
-      jobs,
-      dispatcher,
-      new Map([
-        [
-          'rest-hook',
-          restHookHandler({
-            db: pool,
-            directory: auth.directory,
-            outbound: new OutboundPolicy(config.outboundAllowedHosts),
-            audit: auth.audit,
-            timeoutMs: config.subscriptionTimeoutMs,
-          }),
-        ],
-        ['bot', botSubscriptionHandler(pool, auth.directory, bots)],
-        ['bot-cron', cronHandler(auth.directory, bots)],
-        ['bot-async', asyncExecuteHandler(auth.directory, auth.logins, bots)],
-      ]),
-      {
-        workers: config.jobWorkers,
-        // A lease shorter than the longest job would let a second node run it while the first still does.
-        leaseSeconds: Math.max(config.jobLeaseSeconds, Math.ceil(Math.max(config.subscriptionTimeoutMs, config.botTimeoutMs) / 1000) + 5),
-        retryBaseMs: config.jobRetryBaseMs,
-        pollMs: 250,
-      },
-      logError
-    );
-    await runner.start();
-    wakeJobs = () => runner.wake();
-    const cron = new CronScheduler(pool, jobs, config.cronTickMs, logError);
-    if (config.jobWorkers > 0) {
-      cron.start();
-    }
-    const websockets = new WebsocketHub(pool, auth);
-    await websockets.start(redis?.duplicate());
     return {
       ...base,
       config,
@@ -161,17 +101,15 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       router: createFhirRouter(),
       capabilityStatement: buildCapabilityStatement(overlay, config.baseUrl, VERSION),
       auth,
-      jobs,
-      bots,
-      websockets,
+      jobs: background.jobs,
+      bots: background.bots,
+      websockets: background.websockets,
       generatedAdminPassword: projects.generatedPassword,
       redis,
       repo: (context) => new PostgresRepository(base, context),
       close: async () => {
         await invalidations?.close().catch(() => undefined);
-        cron.stop();
-        await runner.stop();
-        await websockets.stop();
+        await background.stop();
         await auth.close();
         await redis?.close().catch(() => undefined);
         await pool.end();
