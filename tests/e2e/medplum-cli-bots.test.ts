@@ -10,18 +10,16 @@
  */
 import { Hl7Message } from '@medplum/core';
 import type { Bot, ClientApplication, Communication, Patient, ProjectMembership, Subscription } from '@medplum/fhirtypes';
-import { execFile } from 'node:child_process';
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { buildBots } from '../../scripts/build-bots.ts';
 import { startTestServer, unique } from '../../server/test/harness.ts';
 import type { TestServer } from '../../server/test/harness.ts';
+import { cliEnv, ROOT, runMedplum } from './medplum-cli-runner.ts';
+import type { CliRun } from './medplum-cli-runner.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const BIN = join(ROOT, 'node_modules/.bin');
-const MEDPLUM = join(BIN, 'medplum');
 
 interface BotConfig {
   name: string;
@@ -30,11 +28,6 @@ interface BotConfig {
   dist: string;
 }
 
-interface CliRun {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
 
 let server: TestServer;
 let dir: string;
@@ -46,13 +39,7 @@ let sourceCode: string;
 
 /** `medplum <args>` in the temporary directory (also its HOME), with Node 24 first on PATH. */
 function medplum(args: string[]): Promise<CliRun> {
-  const env: NodeJS.ProcessEnv = { HOME: dir, PATH: `${BIN}:${process.env.PATH ?? ''}`, NO_COLOR: '1' };
-  return new Promise((resolvePromise) => {
-    execFile(MEDPLUM, args, { cwd: dir, env, timeout: 60_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolvePromise({ exitCode: code, stdout, stderr });
-    });
-  });
+  return runMedplum(args, dir, cliEnv(dir));
 }
 
 async function execute(body: string, contentType: string): Promise<{ status: number; type: string | null; text: string }> {

@@ -11,32 +11,26 @@
  */
 import { parseJWTPayload } from '@medplum/core';
 import type { Bundle, Patient, ProjectMembership } from '@medplum/fhirtypes';
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startTestServer, unique } from '../../server/test/harness.ts';
 import type { TestServer } from '../../server/test/harness.ts';
+import { cliEnv, MEDPLUM, runMedplum } from './medplum-cli-runner.ts';
+import type { CliRun } from './medplum-cli-runner.ts';
 import { ensureAppBuilt } from './app-build.ts';
 import { launchChromium, recordTraffic } from './smart-app.ts';
 import type { TrafficLog } from './smart-app.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const BIN = join(ROOT, 'node_modules/.bin');
-const MEDPLUM = join(BIN, 'medplum');
 /** Where the CLI listens and what it sends as redirect_uri (fixed in the CLI). */
 const CLI_REDIRECT_URI = 'http://localhost:9615';
 const CLI_ORIGIN = new URL(CLI_REDIRECT_URI).origin;
 
-interface CliRun {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
 
 /** A `medplum login` that is running in the background. */
 interface CliLogin {
@@ -82,12 +76,12 @@ async function newHome(): Promise<CliHome> {
 }
 
 /** The CLI's environment: nothing of the test's (vitest's BASE_URL=/ among it) but PATH, with the fake xdg-open and Node 24 first. */
-function cliEnv(home: CliHome): NodeJS.ProcessEnv {
-  return { HOME: home.dir, PATH: `${home.binDir}:${BIN}:${process.env.PATH ?? ''}`, NO_COLOR: '1' };
+function homeEnv(home: CliHome): NodeJS.ProcessEnv {
+  return cliEnv(home.dir, home.binDir);
 }
 
 function startLogin(home: CliHome): CliLogin {
-  const child = spawn(MEDPLUM, ['login', '--base-url', server.baseUrl], { cwd: home.dir, env: cliEnv(home), stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(MEDPLUM, ['login', '--base-url', server.baseUrl], { cwd: home.dir, env: homeEnv(home), stdio: ['ignore', 'pipe', 'pipe'] });
   children.push(child);
   let output = '';
   child.stdout?.on('data', (chunk: Buffer) => (output += chunk.toString()));
@@ -131,13 +125,7 @@ async function openedUrl(home: CliHome, cli: CliLogin, ms = 30_000): Promise<URL
 
 /** Runs another `medplum` command with the same HOME and waits for it. */
 function medplum(home: CliHome, args: string[]): Promise<CliRun> {
-  return new Promise((resolvePromise) => {
-    const child = execFile(MEDPLUM, args, { cwd: home.dir, env: cliEnv(home), timeout: 60_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolvePromise({ exitCode: code, stdout, stderr });
-    });
-    children.push(child);
-  });
+  return runMedplum(args, home.dir, homeEnv(home), (child) => children.push(child));
 }
 
 async function storedProfile(home: CliHome, name = 'default'): Promise<Record<string, string>> {

@@ -11,20 +11,14 @@ import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startTestServer, unique } from '../../server/test/harness.ts';
 import type { TestServer } from '../../server/test/harness.ts';
+import { BIN, cliEnv, runMedplum } from './medplum-cli-runner.ts';
+import type { CliRun } from './medplum-cli-runner.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
-const BIN = join(ROOT, 'node_modules/.bin');
-const MEDPLUM = join(BIN, 'medplum');
 
-interface CliRun {
-  exitCode: number;
-  stdout: string;
-  stderr: string;
-}
 
 let server: TestServer;
 let client: ClientApplication & { id: string; secret: string };
@@ -32,17 +26,8 @@ let home: string;
 
 /** Runs `medplum <args>` with the temporary HOME and Node 24 first on PATH (the CLI's shebang is `env node`). */
 function medplum(args: string[], options: { home?: string } = {}): Promise<CliRun> {
-  const env: NodeJS.ProcessEnv = {
-    HOME: options.home ?? home,
-    PATH: `${BIN}:${process.env.PATH ?? ''}`,
-    NO_COLOR: '1',
-  };
-  return new Promise((resolvePromise) => {
-    execFile(MEDPLUM, args, { cwd: options.home ?? home, env, timeout: 60_000 }, (err, stdout, stderr) => {
-      const code = err ? (typeof err.code === 'number' ? err.code : -1) : 0;
-      resolvePromise({ exitCode: code, stdout, stderr });
-    });
-  });
+  const dir = options.home ?? home;
+  return runMedplum(args, dir, cliEnv(dir));
 }
 
 /** The JSON a command printed (prettyPrint: the whole of stdout). */
