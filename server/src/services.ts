@@ -10,6 +10,7 @@ import { startBackgroundWork } from './jobs/background.ts';
 import type { BotExecutor } from './bots/executor.ts';
 import type { JobQueue } from './jobs/queue.ts';
 import type { WebsocketHub } from './subscriptions/websocket.ts';
+import type { AgentGateway } from './agent/gateway.ts';
 import { migrate } from './db/migrate.ts';
 import { connectRedis } from './db/redis.ts';
 import type { RedisClient } from './db/redis.ts';
@@ -39,6 +40,7 @@ export interface ServerServices extends RepositoryServices {
   jobs: JobQueue;
   bots: BotExecutor;
   websockets: WebsocketHub;
+  agents: AgentGateway;
   /** Set only on the first start when ADMIN_PASSWORD was not given: print it once. */
   generatedAdminPassword: string | undefined;
   /** A repository acting as a session (its projects and access policy). */
@@ -104,6 +106,7 @@ export async function createServices(config: ServerConfig, databaseUrl: string):
       jobs: background.jobs,
       bots: background.bots,
       websockets: background.websockets,
+      agents: background.agents,
       generatedAdminPassword: projects.generatedPassword,
       redis,
       repo: (context) => new PostgresRepository(base, context),

@@ -19,43 +19,26 @@
  * (server/src/services.ts). Scenario 2 uses a 15 s delivery timeout and JOB_LEASE_SECONDS=1 (lease
  * 20 s), so it waits about 20 s for the jobs the dead node had claimed.
  */
-import type { Subscription } from '@medplum/fhirtypes';
-import { ClientStorage, MedplumClient, MemoryStorage } from '@medplum/core';
-import type { AuditEvent } from '@medplum/fhirtypes';
-import { spawn } from 'node:child_process';
-import type { ChildProcess } from 'node:child_process';
-import { createHash, createHmac, randomBytes } from 'node:crypto';
+import type { MedplumClient } from '@medplum/core';
+import type { AuditEvent, Subscription } from '@medplum/fhirtypes';
+import { createHmac } from 'node:crypto';
 import { createServer } from 'node:http';
 import type { IncomingHttpHeaders, Server } from 'node:http';
-import { resolve } from 'node:path';
 import pg from 'pg';
 import { afterAll, describe, expect, test } from 'vitest';
-import { createTestDatabase, freePort, TEST_ADMIN } from '../../server/test/harness.ts';
+import { createTestDatabase } from '../../server/test/harness.ts';
 import { RestHookReceiver } from '../../server/test/rest-hook-receiver.ts';
+import { firstProjectId, kill, killServers, signIn, startServer, stop, until } from './server-process.ts';
+import type { ServerProcess } from './server-process.ts';
 
-const ROOT = resolve(import.meta.dirname, '../..');
 const SECRET_EXTENSION = 'https://www.medplum.com/fhir/StructureDefinition/subscription-secret';
 const TRANSMIT = 'https://medplum.com/CodeSystem/audit-event|transmit';
 
-/** A server running as a child process. */
-interface ServerProcess {
-  child: ChildProcess;
-  baseUrl: string;
-  output(): string;
-  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
-}
-
-const processes: ServerProcess[] = [];
 const pools: pg.Pool[] = [];
 const stoppers: (() => Promise<void>)[] = [];
 
 afterAll(async () => {
-  for (const proc of processes) {
-    if (proc.child.exitCode === null && proc.child.signalCode === null) {
-      proc.child.kill('SIGKILL');
-      await proc.exited;
-    }
-  }
+  await killServers();
   for (const stop of stoppers) {
     await stop().catch(() => undefined);
   }
@@ -64,103 +47,10 @@ afterAll(async () => {
   }
 });
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-/** Waits (bounded) until `predicate` holds; returns whether it did. */
-async function until(predicate: () => boolean | Promise<boolean>, timeoutMs: number, stepMs = 50): Promise<boolean> {
-  const end = Date.now() + timeoutMs;
-  while (!(await predicate())) {
-    if (Date.now() > end) {
-      return false;
-    }
-    await sleep(stepMs);
-  }
-  return true;
-}
-
-/** Starts `node server/src/main.ts` on a fresh port against `databaseUrl`; resolves once /healthcheck answers 200. */
-async function startServer(databaseUrl: string, extraEnv: Record<string, string>): Promise<ServerProcess> {
-  const port = await freePort();
-  const baseUrl = `http://127.0.0.1:${port}/`;
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    PORT: String(port),
-    HOST: '127.0.0.1',
-    // vitest sets BASE_URL=/ for its own use; the server must get its real one
-    BASE_URL: baseUrl,
-    DATABASE_URL: databaseUrl,
-    LOG_LEVEL: 'warn',
-    ADMIN_EMAIL: TEST_ADMIN.email,
-    ADMIN_PASSWORD: TEST_ADMIN.password,
-    OUTBOUND_ALLOWED_HOSTS: '127.0.0.1',
-    JOB_RETRY_BASE_MS: '50',
-    RATE_LIMIT_REQUESTS_PER_MINUTE: '1000000',
-    ...extraEnv,
-  };
-  const child = spawn(process.execPath, ['server/src/main.ts'], { cwd: ROOT, env, stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout?.on('data', (d: Buffer) => (output += d.toString()));
-  child.stderr?.on('data', (d: Buffer) => (output += d.toString()));
-  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((done) =>
-    child.once('exit', (code, signal) => done({ code, signal }))
-  );
-  const proc: ServerProcess = { child, baseUrl, output: () => output, exited };
-  processes.push(proc);
-  const ready = await until(
-    async () => child.exitCode !== null || (await fetch(`${baseUrl}healthcheck`).then((r) => r.status === 200, () => false)),
-    60_000,
-    100
-  );
-  if (!ready || child.exitCode !== null) {
-    throw new Error(`server did not start (exit ${child.exitCode}):\n${output}`);
-  }
-  return proc;
-}
-
-/** SIGKILL: the process gets no chance to finish anything. */
-async function kill(proc: ServerProcess): Promise<void> {
-  expect(proc.child.exitCode, proc.output()).toBeNull();
-  proc.child.kill('SIGKILL');
-  const { signal } = await proc.exited;
-  expect(signal).toBe('SIGKILL');
-}
-
-/** SIGTERM, the ordinary shutdown, for processes the test is done with. */
-async function stop(proc: ServerProcess): Promise<void> {
-  if (proc.child.exitCode === null && proc.child.signalCode === null) {
-    proc.child.kill('SIGTERM');
-    await proc.exited;
-  }
-}
-
 function database(url: string): pg.Pool {
   const pool = new pg.Pool({ connectionString: url, max: 2 });
   pools.push(pool);
   return pool;
-}
-
-async function firstProjectId(db: pg.Pool): Promise<string> {
-  const { rows } = await db.query<{ value: string }>(`SELECT value FROM server_setting WHERE key = 'default_project_id'`);
-  expect(rows).toHaveLength(1);
-  return rows[0].value;
-}
-
-/** The admin signs in like an app does: /auth/login with an S256 challenge, then /oauth2/token. */
-async function signIn(proc: ServerProcess, projectId: string): Promise<MedplumClient> {
-  const storage = new ClientStorage(new MemoryStorage());
-  const verifier = randomBytes(32).toString('base64url');
-  storage.setString('codeVerifier', verifier);
-  const client = new MedplumClient({ baseUrl: proc.baseUrl, storage, fetch: (url: string, init: RequestInit) => fetch(url, init) });
-  const response = await client.startLogin({
-    email: TEST_ADMIN.email,
-    password: TEST_ADMIN.password,
-    projectId,
-    codeChallenge: createHash('sha256').update(verifier).digest('base64url'),
-    codeChallengeMethod: 'S256',
-  });
-  expect(response.code, JSON.stringify(response)).toBeTruthy();
-  await client.processCode(response.code as string);
-  return client;
 }
 
 async function subscribe(medplum: MedplumClient, endpoint: string, secret: string): Promise<Subscription> {

@@ -55,6 +55,9 @@ function send(message: ResultMessage): void {
   process.send?.(message, () => process.exit(0));
 }
 
+// The server went away (killed, say): the wall-clock limit lived there, so the bot ends here too.
+process.on('disconnect', () => process.exit(1));
+
 process.once('message', (raw: unknown) => {
   const message = raw as ExecuteMessage;
   const nonce = message.nonce;

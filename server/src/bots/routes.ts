@@ -75,7 +75,8 @@ export async function botRoutes(app: FastifyInstance, services: ServerServices, 
       contentType: request.method === 'GET' ? 'application/json' : contentType,
       requester: session.profile,
       callerLogin: session.login,
-      headers: request.headers,
+      // ermis's own headers are set by the server (the agent gateway, $reprocess), never by a caller.
+      headers: Object.fromEntries(Object.entries(request.headers).filter(([name]) => !name.toLowerCase().startsWith('x-ermis-'))),
       traceId: typeof request.headers['x-trace-id'] === 'string' ? request.headers['x-trace-id'] : undefined,
     });
     if (!result.ok) {

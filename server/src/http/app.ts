@@ -1,3 +1,4 @@
+import websocket from '@fastify/websocket';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import compress from '@fastify/compress';
@@ -18,6 +19,7 @@ import { readStoredBinary } from '../fhir/repo/storage-read.ts';
 import type { PostgresRepository } from '../fhir/repo/postgres-repository.ts';
 import { registerAppStatic } from './app-static.ts';
 import { botRoutes } from '../bots/routes.ts';
+import { agentRoutes } from '../agent/routes.ts';
 import { handleFhirRequest, parseIfMatch } from '../fhir/router.ts';
 import type { ServerServices } from '../services.ts';
 import { VERSION } from '../services.ts';
@@ -82,7 +84,11 @@ export async function buildApp(services: ServerServices): Promise<FastifyInstanc
   await app.register(async (scope) => loginRoutes(scope, services.auth));
   await app.register(async (scope) => adminRoutes(scope, services.auth, services.jobs));
   await app.register(async (scope) => botRoutes(scope, services, services.bots));
+  // One websocket server for the app (two registrations would both answer each upgrade).
+  await app.register(websocket);
   await app.register(async (scope) => services.websockets.register(scope, services));
+  await app.register(async (scope) => services.agents.register(scope));
+  await app.register(async (scope) => agentRoutes(scope, services, services.agents, services.bots));
   await app.register(async (binary) => binaryRoutes(binary, services));
   await app.register(async (fhir) => fhirRoutes(fhir, services));
   await registerAppStatic(app, APP_DIST);

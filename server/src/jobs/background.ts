@@ -1,4 +1,5 @@
 import type pg from 'pg';
+import { AgentGateway } from '../agent/gateway.ts';
 import type { AuthServices } from '../auth/service.ts';
 import { asyncExecuteHandler } from '../bots/async.ts';
 import { CronScheduler, cronHandler } from '../bots/cron.ts';
@@ -19,6 +20,7 @@ export interface BackgroundWork {
   jobs: JobQueue;
   bots: BotExecutor;
   websockets: WebsocketHub;
+  agents: AgentGateway;
   /** This node wrote resources: dispatch their outbox rows now. */
   wake(): void;
   stop(): Promise<void>;
@@ -26,7 +28,7 @@ export interface BackgroundWork {
 
 /**
  * What a node does besides answering requests: the outbox dispatcher and job runner (subscription
- * deliveries, bot runs), the cron scheduler and the websocket hub. With JOB_WORKERS=0 the node runs
+ * deliveries, bot runs), the cron scheduler, the websocket hub and the agent gateway. With JOB_WORKERS=0 the node runs
  * no jobs and schedules no cron runs (others do), but still serves its websockets.
  */
 export async function startBackgroundWork(deps: {
@@ -87,15 +89,19 @@ export async function startBackgroundWork(deps: {
   }
   const websockets = new WebsocketHub(pool, auth);
   await websockets.start(redis?.duplicate());
+  const agents = new AgentGateway(pool, auth, bots);
+  await agents.start();
   return {
     jobs,
     bots,
     websockets,
+    agents,
     wake: () => runner.wake(),
     stop: async () => {
       cron.stop();
       await runner.stop();
       await websockets.stop();
+      await agents.stop();
     },
   };
 }

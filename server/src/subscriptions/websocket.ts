@@ -1,4 +1,3 @@
-import websocket from '@fastify/websocket';
 import { badRequest, OperationOutcomeError } from '@medplum/core';
 import type { Bundle, ProjectMembership, Resource, Subscription } from '@medplum/fhirtypes';
 import type { FastifyInstance } from 'fastify';
@@ -123,6 +122,9 @@ export class WebsocketHub {
     this.listener = client;
     client.on('notification', () => this.schedule());
     client.on('error', () => {
+      if (this.listener !== client) {
+        return; // already given back by stop()
+      }
       client.release(true);
       this.listener = undefined;
       if (this.heartbeat) {
@@ -142,15 +144,16 @@ export class WebsocketHub {
       }
     }
     await this.sending;
-    if (this.listener) {
-      await this.listener.query('UNLISTEN *').catch(() => undefined);
-      this.listener.release();
-      this.listener = undefined;
+    // The listener may fail (and be released) while UNLISTEN runs: work on the one taken here.
+    const listener = this.listener;
+    this.listener = undefined;
+    if (listener) {
+      await listener.query('UNLISTEN *').catch(() => undefined);
+      listener.release();
     }
   }
 
-  async register(app: FastifyInstance, services: ServerServices): Promise<void> {
-    await app.register(websocket);
+  register(app: FastifyInstance, services: ServerServices): void {
     app.get<{ Params: { id: string } }>('/fhir/R4/Subscription/:id/$get-ws-binding-token', async (request, reply) => {
       const session = await authenticate(request, reply, this.auth);
       if (!session.login) {
