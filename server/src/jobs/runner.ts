@@ -29,8 +29,10 @@ export interface RunnerOptions {
 }
 
 /**
- * Runs the outbox dispatcher and the job handlers of this node. Woken by this node's writes and by
- * Postgres NOTIFY when a job is queued or changes, and polling as a fallback (other nodes' writes).
+ * Runs the outbox dispatcher and the job handlers of this node. The dispatcher is woken by this
+ * node's writes, the workers by Postgres NOTIFY when a job becomes runnable (on any node); both
+ * poll as a fallback (other nodes' writes, retries coming due). Waking only the loops that have
+ * work keeps a write from costing a claim query per worker.
  */
 export class JobRunner {
   private readonly pool: pg.Pool;
@@ -40,7 +42,8 @@ export class JobRunner {
   private readonly options: RunnerOptions;
   private listener: pg.PoolClient | undefined;
   private running = false;
-  private readonly waiters = new Set<() => void>();
+  private readonly dispatcherWaiters = new Set<() => void>();
+  private readonly workerWaiters = new Set<() => void>();
   private loops: Promise<void>[] = [];
   private readonly onError: (err: unknown) => void;
 
@@ -66,15 +69,16 @@ export class JobRunner {
     }
     this.running = true;
     await this.listen();
-    this.loops = [this.loop(() => this.dispatchAll())];
+    this.loops = [this.loop(() => this.dispatchAll(), this.dispatcherWaiters)];
     for (let i = 0; i < this.options.workers; i++) {
-      this.loops.push(this.loop(() => this.runOne()));
+      this.loops.push(this.loop(() => this.runOne(), this.workerWaiters));
     }
   }
 
   async stop(): Promise<void> {
     this.running = false;
-    this.notify();
+    this.notify(this.dispatcherWaiters);
+    this.notify(this.workerWaiters);
     await Promise.all(this.loops);
     if (this.listener) {
       await this.listener.query('UNLISTEN *').catch(() => undefined);
@@ -87,7 +91,7 @@ export class JobRunner {
   private async listen(): Promise<void> {
     const client = await this.pool.connect();
     this.listener = client;
-    client.on('notification', () => this.notify());
+    client.on('notification', () => this.notify(this.workerWaiters));
     client.on('error', () => {
       client.release(true);
       this.listener = undefined;
@@ -100,17 +104,17 @@ export class JobRunner {
 
   /** A write on this node added outbox rows: dispatch now rather than at the next poll. */
   wake(): void {
-    this.notify();
+    this.notify(this.dispatcherWaiters);
   }
 
-  private notify(): void {
-    const waiters = [...this.waiters];
-    this.waiters.clear();
+  private notify(set: Set<() => void>): void {
+    const waiters = [...set];
+    set.clear();
     waiters.forEach((wake) => wake());
   }
 
   /** Repeats `step` while it finds work; otherwise sleeps until notified or the poll interval passes. */
-  private async loop(step: () => Promise<boolean>): Promise<void> {
+  private async loop(step: () => Promise<boolean>, waiters: Set<() => void>): Promise<void> {
     while (this.running) {
       let worked = false;
       try {
@@ -122,11 +126,11 @@ export class JobRunner {
         await new Promise<void>((resolve) => {
           const wake = (): void => {
             clearTimeout(timer);
-            this.waiters.delete(wake);
+            waiters.delete(wake);
             resolve();
           };
           const timer = setTimeout(wake, this.options.pollMs);
-          this.waiters.add(wake);
+          waiters.add(wake);
         });
       }
     }
