@@ -41,8 +41,10 @@ export interface ServerConfig {
   botTimeoutMs: number;
   /** Heap limit of a bot execution's process. */
   botMemoryMb: number;
-  /** Bot executions at once on this node. */
+  /** Bot executions at once on this node, and bot processes at most. */
   botConcurrency: number;
+  /** How long an idle bot process is kept for the bot's next execution; 0: a new process per execution. */
+  botIdleMs: number;
   /** How often cron bots are looked at. */
   cronTickMs: number;
   /** Private hosts/addresses/ranges outbound calls may reach (public ones always may). */
@@ -80,6 +82,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
     botTimeoutMs: parsePositiveInt(env.BOT_TIMEOUT_MS, 30_000),
     botMemoryMb: parsePositiveInt(env.BOT_MEMORY_MB, 256),
     botConcurrency: parsePositiveInt(env.BOT_CONCURRENCY, 4),
+    botIdleMs: parseNonNegativeInt(env.BOT_IDLE_MS, 30_000),
     cronTickMs: parsePositiveInt(env.CRON_TICK_MS, 10_000),
     outboundAllowedHosts: (env.OUTBOUND_ALLOWED_HOSTS ?? '').split(',').map((h) => h.trim()).filter(Boolean),
     trustProxy: !env.TRUST_PROXY || env.TRUST_PROXY === 'false' ? false : env.TRUST_PROXY === 'true' ? true : env.TRUST_PROXY.split(',').map((a) => a.trim()),

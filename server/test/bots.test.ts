@@ -1,7 +1,7 @@
 import type { AuditEvent, Bot, Patient, Project, Subscription } from '@medplum/fhirtypes';
 import { describe, expect, test } from 'vitest';
 import { CronScheduler, timingToCron } from '../src/bots/cron.ts';
-import { unique, useTestServer } from './harness.ts';
+import { startTestServer, unique, until, useTestServer } from './harness.ts';
 
 const t = useTestServer({ BOT_TIMEOUT_MS: '3000', BOT_MEMORY_MB: '64', JOB_RETRY_BASE_MS: '50', CRON_TICK_MS: '300' });
 
@@ -204,6 +204,149 @@ test('a result the bot sends itself over the IPC channel is ignored', async () =
     "exports.handler = async () => { process.send({ ok: true, contentType: 'text/plain', body: 'forged', logs: '' }); await new Promise((r) => setTimeout(r, 200)); return 'genuine'; };"
   );
   expect((await execute(bot.id as string, '{}', 'application/json')).text).toBe('genuine');
+});
+
+test('a result sent with the nonce of an earlier execution of the same process is ignored', async () => {
+  // The bot listens to its process's messages and keeps the first nonce it sees (of the first or
+  // second execution, depending on when its module loaded). (It sees the current one too: that is
+  // its own execution, see pool.ts.)
+  const bot = await deployBot(`let first;
+process.on('message', (m) => { if (m && m.nonce && !first) first = m.nonce; });
+exports.handler = async (medplum, event) => {
+  if (event.input === 'forge') {
+    process.send({ ok: true, contentType: 'text/plain', body: 'forged', logs: '', nonce: first });
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  return 'genuine ' + process.pid;
+};`);
+  const first = await execute(bot.id as string, 'plain', 'text/plain');
+  expect((await execute(bot.id as string, 'plain', 'text/plain')).text).toBe(first.text);
+  const third = await execute(bot.id as string, 'forge', 'text/plain');
+  expect(third.text).toBe(first.text); // same process, and its own answer
+});
+
+/** Whether a process is alive (the test runs as the bots' owner or as root). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe('warm bot processes', () => {
+  const PID_BOT = `let runs = 0;
+exports.handler = async (medplum, event) => {
+  console.log('execution ' + event.input);
+  if (event.input === 'exit') process.exit(2);
+  if (event.input === 'hang') return new Promise(() => {});
+  if (event.input === 'throw') throw new Error('thrown on purpose');
+  if (event.input === 'slow') await new Promise((r) => setTimeout(r, 500));
+  if (event.input === 'write') await medplum.createResource({ resourceType: 'Patient', name: [{ family: 'Warm' }] });
+  runs++;
+  return { pid: process.pid, runs };
+};`;
+
+  async function run(botId: string, input = 'go'): Promise<{ pid: number; runs: number }> {
+    const res = await execute(botId, input, 'text/plain');
+    expect(res.status, res.text).toBe(200);
+    return JSON.parse(res.text);
+  }
+
+  test('a second execution runs in the same process, with a new token and its own console output', async () => {
+    const bot = await deployBot(PID_BOT);
+    const first = await run(bot.id as string, 'write');
+    const second = await run(bot.id as string, 'write');
+    expect(second.pid).toBe(first.pid);
+    expect(second.runs).toBe(first.runs + 1); // the module was loaded once
+    // each execution's token is revoked after it: the second write worked with a token of its own
+    const audits = await executions(bot.id as string, 2);
+    expect(audits).toHaveLength(2);
+    for (const audit of audits) {
+      expect(audit.outcome).toBe('0');
+      expect(audit.outcomeDesc?.match(/execution write/g)).toHaveLength(1);
+    }
+  });
+
+  test('a process that exited or hung is replaced by a fresh one and the next execution succeeds; a thrown error keeps it', async () => {
+    const bot = await deployBot(PID_BOT);
+    const before = await run(bot.id as string);
+    const exited = await execute(bot.id as string, 'exit', 'text/plain');
+    expect(exited.text).toMatch(/exited \(code 2\)/);
+    const afterExit = await run(bot.id as string);
+    expect(afterExit.pid).not.toBe(before.pid);
+    expect(afterExit.runs).toBe(1);
+    const hung = await execute(bot.id as string, 'hang', 'text/plain');
+    expect(hung.text).toMatch(/timed out after 3000 ms/);
+    const afterHang = await run(bot.id as string);
+    expect(afterHang.pid).not.toBe(afterExit.pid);
+    expect(afterHang.runs).toBe(1);
+    expect(await until(() => !alive(afterExit.pid))).toBe(true);
+    const thrown = await execute(bot.id as string, 'throw', 'text/plain');
+    expect(thrown.text).toContain('thrown on purpose');
+    expect(await run(bot.id as string)).toEqual({ pid: afterHang.pid, runs: 2 });
+  });
+
+  test('two bots never share a process, even with the same code', async () => {
+    const a = await deployBot(PID_BOT);
+    const b = await deployBot(PID_BOT);
+    const a1 = await run(a.id as string);
+    const b1 = await run(b.id as string);
+    const a2 = await run(a.id as string);
+    const b2 = await run(b.id as string);
+    expect(a2.pid).toBe(a1.pid);
+    expect(b2.pid).toBe(b1.pid);
+    expect(b1.pid).not.toBe(a1.pid);
+    expect([a2.runs, b2.runs]).toEqual([2, 2]);
+  });
+
+  test('a redeployed bot runs its new code in a new process; the old one ends', async () => {
+    const bot = await deployBot(PID_BOT);
+    const old = await run(bot.id as string);
+    await t.medplum.post(`fhir/R4/Bot/${bot.id}/$deploy`, { code: 'exports.handler = async () => ({ version: 2, pid: process.pid });', filename: 'index.js' });
+    const res = await execute(bot.id as string, 'go', 'text/plain');
+    const now = JSON.parse(res.text);
+    expect(now.version).toBe(2);
+    expect(now.pid).not.toBe(old.pid);
+    expect(await until(() => !alive(old.pid))).toBe(true);
+  });
+
+  test('overlapping executions of one bot each get a process, and all answer', async () => {
+    const bot = await deployBot(PID_BOT);
+    const results = await Promise.all([1, 2, 3].map(() => run(bot.id as string, 'slow')));
+    const pids = new Set(results.map((r) => r.pid));
+    expect(pids.size).toBe(3);
+    expect(results.map((r) => r.runs)).toEqual([1, 1, 1]);
+    // afterwards they are warm: the next execution takes one of them
+    expect([...pids]).toContain((await run(bot.id as string)).pid);
+  });
+
+  test('when the server stops, no bot process is left', async () => {
+    const other = await startTestServer({ BOT_IDLE_MS: '600000' });
+    let pids: number[] = [];
+    try {
+      const medplum = other.medplum();
+      const bot = (await medplum.post(`admin/projects/${other.projectId}/bot`, { name: unique('bot') })) as Bot;
+      await medplum.post(`fhir/R4/Bot/${bot.id}/$deploy`, { code: PID_BOT, filename: 'index.js' });
+      const answers = await Promise.all(
+        [1, 2].map(async () => {
+          const res = await fetch(`${other.fhirUrl}Bot/${bot.id}/$execute`, {
+            method: 'POST',
+            headers: { ...other.authorization, 'Content-Type': 'text/plain' },
+            body: 'slow',
+          });
+          return JSON.parse(await res.text()) as { pid: number };
+        })
+      );
+      pids = answers.map((a) => a.pid);
+      expect(new Set(pids).size).toBe(2);
+      expect(pids.every(alive)).toBe(true); // warm, waiting for the next execution
+    } finally {
+      await other.stop();
+    }
+    expect(pids.filter(alive)).toEqual([]);
+  });
 });
 
 describe('subscriptions with a Bot endpoint', () => {

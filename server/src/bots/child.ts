@@ -1,10 +1,12 @@
 /**
- * One bot execution, in a process of its own (started by runtime.ts under Node's permission model:
- * it may read @medplum/core and its own files, nothing else of the server; it writes nowhere and
- * starts no process). Before the bot's code runs, outgoing connections are confined to the
- * server's API, public addresses and the admin's allow-list, and the process may signal no other.
- * It gets the bot's code, the event and a short-lived token over IPC, calls
- * `handler(medplum, event)`, and sends back the result (with the runtime's nonce) and the console output.
+ * A bot's process (started by runtime.ts under Node's permission model: it may read @medplum/core
+ * and its own files, nothing else of the server; it writes nowhere and starts no process). Its
+ * first message loads the bot: outgoing connections are confined to the server's API, public
+ * addresses and the admin's allow-list, the process may signal no other, and the bot's module is
+ * compiled. Each later message is one execution (event, a short-lived token, a nonce): it calls
+ * `handler(medplum, event)` with a new MedplumClient and sends back the result (with that
+ * execution's nonce) and the console output. The process serves this one bot until the runtime
+ * ends it.
  */
 import dgram from 'node:dgram';
 import { lookup as dnsLookup } from 'node:dns';
@@ -23,25 +25,33 @@ const { Hl7Message, MedplumClient } = nodeRequire('@medplum/core') as {
   MedplumClient: typeof MedplumClientType;
 };
 
-interface ExecuteMessage {
-  /** Proves a result comes from this runner, not from the bot calling process.send itself. */
-  nonce: string;
+interface LoadMessage {
+  kind: 'load';
+  code: string;
+  /** The server's API, which the bot may reach. */
+  baseUrl: string;
   /** Private hosts/addresses the admin allows outbound (OUTBOUND_ALLOWED_HOSTS). */
   allowedHosts: string[];
-  code: string;
-  event: BotEvent;
-  baseUrl: string;
-  accessToken: string;
   /** The modules a bot may require (Medplum's vmcontext offers a similar short list). */
   allowedModules: string[];
 }
 
-type ResultMessage = { nonce?: string } & (
-  | { ok: true; contentType: 'x-application/hl7-v2+er7' | 'text/plain' | 'application/json'; body: string; logs: string }
-  | { ok: false; error: string; logs: string }
-);
+interface RunMessage {
+  kind: 'run';
+  /** New for each execution: proves a result comes from this runner, not from the bot calling process.send itself. */
+  nonce: string;
+  event: BotEvent;
+  baseUrl: string;
+  accessToken: string;
+}
 
-const logs: string[] = [];
+type Handler = (medplum: MedplumClientType, event: BotEvent) => unknown;
+
+type Answer =
+  | { ok: true; contentType: 'x-application/hl7-v2+er7' | 'text/plain' | 'application/json'; body: string }
+  | { ok: false; error: string; retire?: true };
+
+let logs: string[] = [];
 const capture = (...args: unknown[]): void => {
   logs.push(format(...args));
 };
@@ -51,34 +61,51 @@ console.warn = capture;
 console.error = capture;
 console.debug = capture;
 
-function send(message: ResultMessage): void {
-  process.send?.(message, () => process.exit(0));
-}
+// Taken before any bot code runs: the runner's answers do not go through a process.send the bot replaced.
+const send = process.send?.bind(process) as (message: unknown) => boolean;
 
 // The server went away (killed, say): the wall-clock limit lived there, so the bot ends here too.
 process.on('disconnect', () => process.exit(1));
 
-process.once('message', (raw: unknown) => {
-  const message = raw as ExecuteMessage;
-  const nonce = message.nonce;
-  // A handler awaiting something that never settles leaves nothing on the event loop; this keeps the
-  // process up so that it ends by the runtime's timeout (and is reported as such), not silently.
-  const keepAlive = setInterval(() => undefined, 60_000);
-  void confine(message)
-    .then(() => run(message))
-    .then(
-      (result) => send({ ...result, nonce }),
-      (err: unknown) => send({ ok: false, error: err instanceof Error ? err.message : String(err), logs: logs.join('\n'), nonce })
-    )
-    .finally(() => clearInterval(keepAlive));
+let loaded: Promise<Handler> | undefined;
+
+// This listener also keeps the IPC channel, hence the process, alive between executions and while a
+// handler awaits something that never settles (the runtime's timeout then ends it).
+process.on('message', (raw: unknown) => {
+  const message = raw as LoadMessage | RunMessage;
+  if (message.kind === 'load' && !loaded) {
+    loaded = confine(message).then(() => load(message));
+    loaded.catch(() => undefined); // reported by the execution waiting for it
+  } else if (message.kind === 'run') {
+    void execute(message);
+  }
 });
+
+async function execute(message: RunMessage): Promise<void> {
+  let answer: Answer;
+  try {
+    const handler = await (loaded ?? Promise.reject(new Error('The bot was not loaded')));
+    try {
+      answer = await run(handler, message);
+    } catch (err) {
+      // The bot failed this execution; its process is as good as before.
+      answer = { ok: false, error: err instanceof Error ? err.message : String(err) };
+    }
+  } catch (err) {
+    answer = { ok: false, error: err instanceof Error ? err.message : String(err), retire: true };
+  }
+  // Console output belongs to the execution it ends with (work left over from an earlier one included).
+  const output = logs.join('\n');
+  logs = [];
+  send({ ...answer, logs: output, nonce: message.nonce, heapUsed: process.memoryUsage().heapUsed });
+}
 
 /**
  * Confines the process before the bot runs: TCP only to the server's API (its address and port),
  * public addresses, or allow-listed hosts — checked on the resolved address, inside the socket's
  * own lookup; no Unix sockets, no UDP, no signals to other processes.
  */
-async function confine(message: ExecuteMessage): Promise<void> {
+async function confine(message: LoadMessage): Promise<void> {
   const api = new URL(message.baseUrl);
   const apiPort = Number(api.port || (api.protocol === 'https:' ? 443 : 80));
   const apiAddresses = new Set(
@@ -138,7 +165,8 @@ async function confine(message: ExecuteMessage): Promise<void> {
   });
 }
 
-async function run(message: ExecuteMessage): Promise<ResultMessage> {
+/** Compiles the bot's module once; its module-level state lives as long as the process. */
+function load(message: LoadMessage): Handler {
   const allowed = new Set(message.allowedModules);
   const botRequire = (name: string): unknown => {
     if (!allowed.has(name)) {
@@ -153,6 +181,10 @@ async function run(message: ExecuteMessage): Promise<ResultMessage> {
   if (typeof handler !== 'function') {
     throw new Error('The bot exports no handler function');
   }
+  return handler as Handler;
+}
+
+async function run(handler: Handler, message: RunMessage): Promise<Answer> {
   const medplum = new MedplumClient({ baseUrl: message.baseUrl, fetch: (url: string, init: RequestInit) => fetch(url, init) });
   medplum.setAccessToken(message.accessToken);
   const event = { ...message.event };
@@ -160,17 +192,16 @@ async function run(message: ExecuteMessage): Promise<ResultMessage> {
     (event as { input: unknown }).input = Hl7Message.parse(event.input);
   }
   const result: unknown = await handler(medplum, event);
-  const output = logs.join('\n');
   if (result instanceof Hl7Message) {
-    return { ok: true, contentType: 'x-application/hl7-v2+er7', body: result.toString(), logs: output };
+    return { ok: true, contentType: 'x-application/hl7-v2+er7', body: result.toString() };
   }
   if (typeof result === 'string') {
-    return { ok: true, contentType: 'text/plain', body: result, logs: output };
+    return { ok: true, contentType: 'text/plain', body: result };
   }
   if (result === undefined) {
     // Medplum answers a handler that returns nothing with an "All OK" OperationOutcome.
     const allOk = { resourceType: 'OperationOutcome', id: 'allok', issue: [{ severity: 'information', code: 'informational', details: { text: 'All OK' } }] };
-    return { ok: true, contentType: 'application/json', body: JSON.stringify(allOk), logs: output };
+    return { ok: true, contentType: 'application/json', body: JSON.stringify(allOk) };
   }
-  return { ok: true, contentType: 'application/json', body: JSON.stringify(result ?? null), logs: output };
+  return { ok: true, contentType: 'application/json', body: JSON.stringify(result ?? null) };
 }

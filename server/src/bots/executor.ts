@@ -62,7 +62,7 @@ export class BotExecutor {
         { login, profile: session.profile, project: { reference: `Project/${projectId}`, display: project?.name }, scope: login.scope },
         null
       );
-      result = await this.runtime.run(code, event, this.auth.config.baseUrl, tokens.access_token, timeoutMs);
+      result = await this.runtime.run(`${projectId}/${bot.id}`, code, event, this.auth.config.baseUrl, tokens.access_token, timeoutMs);
     } finally {
       // The token dies with the execution.
       if (login.authMethod === 'execute') {

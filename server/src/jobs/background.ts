@@ -40,15 +40,14 @@ export async function startBackgroundWork(deps: {
   const { pool, config, auth, redis } = deps;
   const logError = (err: unknown): void => console.error('job runner:', err);
   const jobs = new JobQueue(pool);
-  const bots = new BotExecutor(
-    auth,
-    new BotRuntime({
-      timeoutMs: config.botTimeoutMs,
-      memoryMb: config.botMemoryMb,
-      concurrency: config.botConcurrency,
-      allowedHosts: config.outboundAllowedHosts,
-    })
-  );
+  const runtime = new BotRuntime({
+    timeoutMs: config.botTimeoutMs,
+    memoryMb: config.botMemoryMb,
+    concurrency: config.botConcurrency,
+    idleMs: config.botIdleMs,
+    allowedHosts: config.outboundAllowedHosts,
+  });
+  const bots = new BotExecutor(auth, runtime);
   const dispatcher = new OutboxDispatcher(pool, jobs, [subscriptionMatcher(auth.directory, auth.sessions, logError)]);
   if (redis) {
     // Websocket notifications may have been stored: every node's hub looks.
@@ -102,6 +101,8 @@ export async function startBackgroundWork(deps: {
       await runner.stop();
       await websockets.stop();
       await agents.stop();
+      // Last: the job runner and agents above may still have been waiting for a bot.
+      await runtime.close();
     },
   };
 }
