@@ -53,7 +53,7 @@ export class Forwarder {
   constructor(link: ServerLink, spool: Spool, options: ForwarderOptions, log: Logger) {
     this.link = link;
     this.spool = spool;
-    this.options = { retryMs: 500, ...options };
+    this.options = { ...options, retryMs: options.retryMs ?? 500 };
     this.log = log;
     link.on('up', () => {
       // Back: retry now rather than when the backoff would have.

@@ -60,7 +60,9 @@ export class ServerLink extends EventEmitter {
   constructor(medplum: MedplumClient, options: ServerLinkOptions, log: Logger) {
     super();
     this.medplum = medplum;
-    this.options = { heartbeatMs: 10_000, reconnectMs: 500, ...options };
+    // Not `{ defaults, ...options }`: an option present but undefined would replace its default
+    // (a heartbeat every millisecond when AGENT_HEARTBEAT_MS is unset).
+    this.options = { ...options, heartbeatMs: options.heartbeatMs ?? 10_000, reconnectMs: options.reconnectMs ?? 500 };
     this.log = log;
   }
 

@@ -7,6 +7,7 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { afterAll, expect, test } from 'vitest';
 import { freePort } from '../../server/test/harness.ts';
 import { parseAck, ROOT, sendOne } from './hl7-harness.ts';
@@ -60,4 +61,20 @@ test('npm start brings up the server, the seeded project and the agent: an ORU o
     }
   }
   expect(parseAck(ack), output).toMatchObject({ code: 'AA', controlId: 'START-1' });
+
+  // The agent started as npm start starts it (no AGENT_HEARTBEAT_MS) beats every 10 s: each beat
+  // is an update of its agent_connection row (an unset option once made that every millisecond).
+  const db = new pg.Client({ connectionString: `postgres://postgres:ermis-local@127.0.0.1:${pgPort}/ermis` });
+  await db.connect();
+  try {
+    const updates = async (): Promise<number> => {
+      const { rows } = await db.query<{ n: string }>(`SELECT n_tup_upd AS n FROM pg_stat_user_tables WHERE relname = 'agent_connection'`);
+      return Number(rows[0]?.n ?? 0);
+    };
+    const before = await updates();
+    await new Promise((r) => setTimeout(r, 4000));
+    expect(await updates() - before).toBeLessThanOrEqual(4);
+  } finally {
+    await db.end();
+  }
 }, 150_000);
