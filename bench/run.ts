@@ -186,6 +186,16 @@ async function dropDatabase(url: string): Promise<void> {
   await withMaintenance(url, (c) => c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`));
 }
 
+async function analyzeDatabase(url: string): Promise<void> {
+  const db = new pg.Client({ connectionString: url });
+  await db.connect();
+  try {
+    await db.query('VACUUM (ANALYZE)');
+  } finally {
+    await db.end();
+  }
+}
+
 async function machineInfo(databaseUrl: string, mode: ModeConfig): Promise<MachineInfo> {
   const db = new pg.Client({ connectionString: databaseUrl });
   await db.connect();
@@ -264,6 +274,9 @@ async function main(): Promise<void> {
     const shared = await createSharedResources(target);
     const imported = await syntheaImport(target, mode, shared);
     rows.push(imported);
+    // A bulk load outruns autovacuum: without fresh statistics the planner takes a just-loaded
+    // table for empty (searches became 20× slower). Production gets there by autovacuum a minute later.
+    await analyzeDatabase(args.databaseUrl);
     rows.push(await searchMix(target, mode, `over the imported data: ${imported.note}`));
     rows.push(await readById(target, mode, await resourceIds(args.databaseUrl, 500_000), 'read-by-id', 'over the imported data'));
 

@@ -2,7 +2,7 @@ import { badRequest, getSearchParameters, Operator, OperationOutcomeError, parse
 import type { Filter, SearchRequest, SortRule } from '@medplum/core';
 import type { SearchParameter } from '@medplum/fhirtypes';
 import { parseDateRange } from './dates.ts';
-import { normalizeText, parseReferenceString, precisionHalfStep } from './index-values.ts';
+import { MAX_INDEXED_CHARS, normalizeText, parseReferenceString, precisionHalfStep } from './index-values.ts';
 import type { ParamRegistry } from './param-registry.ts';
 import { patientCompartmentParams } from './compartments.ts';
 import { compositeComponents, ofTypeSystem } from './parameters.ts';
@@ -646,8 +646,14 @@ function stringCondition(p: SqlParams, x: string, operator: Operator, value: str
     case Operator.EQUALS:
     case Operator.STARTS_WITH:
       return `${x}.norm LIKE ${p.add(escapeLike(normalizeText(value)) + '%')}`;
-    case Operator.EXACT:
-      return `${x}.exact = ${p.add(value)}`;
+    case Operator.EXACT: {
+      // Equal exact values have equal normalized ones: the norm condition lets the (param, norm)
+      // index find the rows (there is none on exact). Not for values near the indexing limit,
+      // where the stored norm may have been cut at another place.
+      const norm = normalizeText(value);
+      const byNorm = value.length < MAX_INDEXED_CHARS && norm.length < MAX_INDEXED_CHARS ? `${x}.norm = ${p.add(norm)} AND ` : '';
+      return `(${byNorm}${x}.exact = ${p.add(value)})`;
+    }
     case Operator.CONTAINS:
       return `${x}.norm LIKE ${p.add('%' + escapeLike(normalizeText(value)) + '%')}`;
     default:

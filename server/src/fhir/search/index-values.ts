@@ -47,7 +47,7 @@ interface ParamKey {
 const MAX_COMPOSITE_GROUPS = 1000;
 
 /** Longest indexed text; longer values are cut so that a B-tree entry always fits in a page. */
-const MAX_INDEXED_CHARS = 512;
+export const MAX_INDEXED_CHARS = 512;
 
 /** Parameters answered from columns of the resource table, or not indexed by value. */
 const NOT_INDEXED = new Set(['_id', '_lastUpdated', '_compartment', '_project']);
