@@ -108,9 +108,11 @@ export async function insertResource(db: Queryable, v: VersionRow, rows: IndexRo
         SELECT $3::uuid, $1, $2, $4::uuid, 'create' FROM w WHERE $1 <> 'AuditEvent'),
   b AS (INSERT INTO binary_content (version_id, rid, data) SELECT $4, w.rid, $7::bytea FROM w WHERE $7::bytea IS NOT NULL),${insertIndexCtes(8)}
   SELECT rid FROM w`;
-  const result = await db.query<{ rid: string }>(sql, [
-    v.resourceType, v.id, v.projectId, v.versionId, v.lastUpdated, v.content, v.binaryData, ...indexParams(rows),
-  ]);
+  const result = await db.query<{ rid: string }>({
+    name: 'ermis_insert_resource',
+    text: sql,
+    values: [v.resourceType, v.id, v.projectId, v.versionId, v.lastUpdated, v.content, v.binaryData, ...indexParams(rows)],
+  });
   return result.rows[0].rid;
 }
 
@@ -129,9 +131,11 @@ export async function updateResourceRow(db: Queryable, rid: string, v: VersionRo
         FROM w, prev WHERE $5 <> 'AuditEvent'),
   b AS (INSERT INTO binary_content (version_id, rid, data) SELECT $2, w.rid, $8::bytea FROM w WHERE $8::bytea IS NOT NULL),${insertIndexCtes(9)}
   SELECT rid FROM w`;
-  await db.query(sql, [
-    rid, v.versionId, v.lastUpdated, v.content, v.resourceType, v.id, v.projectId, v.binaryData, ...indexParams(rows),
-  ]);
+  await db.query({
+    name: 'ermis_update_resource',
+    text: sql,
+    values: [rid, v.versionId, v.lastUpdated, v.content, v.resourceType, v.id, v.projectId, v.binaryData, ...indexParams(rows)],
+  });
 }
 
 /** Soft delete: the row stays (so reads answer 410), its index rows go, history gets a 'D' version. */
@@ -149,5 +153,5 @@ export async function deleteResourceRow(
   o AS (INSERT INTO outbox (project_id, resource_type, resource_id, version_id, previous_version_id, interaction)
         SELECT $6::uuid, $4, $5, $2::uuid, prev.version_id, 'delete' FROM w, prev WHERE $4 <> 'AuditEvent')
   SELECT rid FROM w`;
-  await db.query(sql, [rid, v.versionId, v.lastUpdated, v.resourceType, v.id, v.projectId]);
+  await db.query({ name: 'ermis_delete_resource', text: sql, values: [rid, v.versionId, v.lastUpdated, v.resourceType, v.id, v.projectId] });
 }
