@@ -2,6 +2,8 @@ import path from 'node:path';
 
 /** Server configuration, read once from the environment (see README, "Configuration"). */
 export interface ServerConfig {
+  /** Server processes sharing the port (node:cluster); more than one needs REDIS_URL. */
+  workers: number;
   port: number;
   host: string;
   /** Public base URL, always with a trailing slash. */
@@ -58,6 +60,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): ServerConfig {
   const baseUrl = withTrailingSlash(env.BASE_URL ?? `http://localhost:${port}/`);
   return {
     port,
+    workers: parsePositiveInt(env.SERVER_WORKERS, 1),
     host: env.HOST ?? '0.0.0.0',
     baseUrl,
     databaseUrl: env.DATABASE_URL || undefined,

@@ -1,3 +1,5 @@
+import cluster from 'node:cluster';
+import { runPrimary } from './cluster.ts';
 import { loadConfig } from './config.ts';
 import { startEmbeddedPostgres } from './db/embedded.ts';
 import type { EmbeddedDatabase } from './db/embedded.ts';
@@ -15,6 +17,14 @@ async function main(): Promise<void> {
     console.log(`DATABASE_URL is not set: starting embedded PostgreSQL on 127.0.0.1:${port}, data in ${config.dataDir}/postgres`);
     embedded = await startEmbeddedPostgres(config.dataDir, port);
     databaseUrl = embedded.url;
+  }
+  if (config.workers > 1 && cluster.isPrimary) {
+    if (!config.redisUrl) {
+      throw new Error('SERVER_WORKERS > 1 needs REDIS_URL: the server processes share session invalidations and websocket notifications through Redis');
+    }
+    console.log(`starting ${config.workers} server workers on port ${config.port}`);
+    await runPrimary({ workers: config.workers, env: { DATABASE_URL: databaseUrl }, onStopped: async () => embedded?.stop() });
+    return;
   }
   const services = await createServices(config, databaseUrl);
   const app = await buildApp(services);
@@ -36,6 +46,10 @@ async function main(): Promise<void> {
   };
   process.once('SIGINT', () => void shutdown('SIGINT'));
   process.once('SIGTERM', () => void shutdown('SIGTERM'));
+  if (cluster.isWorker) {
+    // The primary went away (killed): a worker must not live on without it.
+    process.once('disconnect', () => void shutdown('disconnect'));
+  }
 }
 
 /** fhir-router builds its GraphQL schema on first use (seconds); do it now rather than in a user's request. */

