@@ -20,7 +20,7 @@ import pg from 'pg';
 import { freePort } from './lib/ports.ts';
 import { clientToken, createBenchClient, startErmis } from './lib/ermis.ts';
 import type { ErmisServer } from './lib/ermis.ts';
-import { peakRssMb, ROOT, setBenchDatabase, stopAll, stopChildrenOnExit } from './lib/processes.ts';
+import { childPids, peakRssMb, ROOT, setBenchDatabase, stopAll, stopChildrenOnExit } from './lib/processes.ts';
 import { writeReport } from './lib/report.ts';
 import type { MachineInfo } from './lib/report.ts';
 import type { Row, Skipped } from './lib/results.ts';
@@ -121,6 +121,7 @@ interface Args {
   out: string;
   databaseUrl: string;
   redisUrl: string | undefined;
+  serverWorkers: number;
   keepDb: boolean;
 }
 
@@ -130,6 +131,7 @@ function parseArgs(argv: string[]): Args {
   let databaseUrl = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/ermis_bench';
   let redisUrl: string | undefined = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379/7';
   let keepDb = false;
+  let serverWorkers = 1;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === '--quick') {
@@ -142,15 +144,21 @@ function parseArgs(argv: string[]): Args {
       databaseUrl = argv[++i];
     } else if (a === '--redis-url') {
       redisUrl = argv[++i] || undefined;
+    } else if (a === '--server-workers') {
+      serverWorkers = Number(argv[++i]);
     } else if (a === '--keep-db') {
       keepDb = true;
     } else {
-      console.error(`unknown argument ${a}\nusage: node bench/run.ts [--quick | --smoke] [--out FILE] [--database-url URL] [--redis-url URL|''] [--keep-db]`);
+      console.error(`unknown argument ${a}\nusage: node bench/run.ts [--quick | --smoke] [--out FILE] [--database-url URL] [--redis-url URL|''] [--server-workers N] [--keep-db]`);
       process.exit(2);
     }
   }
   const defaultOut = mode.name === 'full' ? path.join(ROOT, 'bench', 'REPORT.md') : path.join(ROOT, 'bench', 'results', `REPORT-${mode.name}.md`);
-  return { mode, out: path.resolve(out ?? defaultOut), databaseUrl, redisUrl, keepDb };
+  if (!Number.isInteger(serverWorkers) || serverWorkers < 1 || (serverWorkers > 1 && !redisUrl)) {
+    console.error('--server-workers must be a positive integer, and more than 1 needs Redis');
+    process.exit(2);
+  }
+  return { mode, out: path.resolve(out ?? defaultOut), databaseUrl, redisUrl, serverWorkers, keepDb };
 }
 
 function databaseName(url: string): string {
@@ -196,7 +204,7 @@ async function analyzeDatabase(url: string): Promise<void> {
   }
 }
 
-async function machineInfo(databaseUrl: string, mode: ModeConfig): Promise<MachineInfo> {
+async function machineInfo(databaseUrl: string, mode: ModeConfig, setup: string): Promise<MachineInfo> {
   const db = new pg.Client({ connectionString: databaseUrl });
   await db.connect();
   try {
@@ -221,6 +229,7 @@ async function machineInfo(databaseUrl: string, mode: ModeConfig): Promise<Machi
       node: process.version,
       postgres: `${version.split(' on ')[0]}; ${settings.rows.map((s) => `${s.name}=${s.setting}${s.unit && s.unit !== '' ? ` (${s.unit})` : ''}`).join(', ')}`,
       commit,
+      setup,
     };
   } finally {
     await db.end();
@@ -234,6 +243,15 @@ async function generateScaleData(databaseUrl: string, scale: NonNullable<ModeCon
   if (code !== 0) {
     throw new Error(`bench/generate.ts failed (${code})`);
   }
+}
+
+/** Peak memory of the server's processes: the primary and, with SERVER_WORKERS > 1, each worker. */
+function serverPeaks(server: ErmisServer, label: string): { process: string; mb: number }[] {
+  const workers = childPids(server.process.pid);
+  return [
+    { process: workers.length ? `${label}, primary` : label, mb: peakRssMb(server.process.pid) },
+    ...workers.map((pid, i) => ({ process: `${label}, worker ${i + 1}`, mb: peakRssMb(pid) })),
+  ];
 }
 
 async function fhirTarget(server: ErmisServer, agentPid?: number): Promise<FhirTarget> {
@@ -257,7 +275,8 @@ async function main(): Promise<void> {
   await recreateDatabase(args.databaseUrl);
   setBenchDatabase(databaseName(args.databaseUrl));
   try {
-    const machine = await machineInfo(args.databaseUrl, mode);
+    const setup = `SERVER_WORKERS=${args.serverWorkers}, ${args.redisUrl ? 'Redis' : 'no Redis'}, every other setting at its default (AUDIT_EVENTS=all, BOT_CONCURRENCY=4, DATABASE_POOL_SIZE=16 per process)`;
+    const machine = await machineInfo(args.databaseUrl, mode, setup);
 
     console.log('ceilings');
     rows.push(...(await postgresCeilings(args.databaseUrl, mode)));
@@ -265,7 +284,7 @@ async function main(): Promise<void> {
     rows.push(...(await mllpEchoCeilings(await freePort(), mode)));
 
     console.log('ermis');
-    let server = await startErmis(args.databaseUrl, await freePort(), args.redisUrl);
+    let server = await startErmis(args.databaseUrl, await freePort(), { redisUrl: args.redisUrl, workers: args.serverWorkers });
     let target = await fhirTarget(server);
     rows.push(await crudMix(target, mode));
     for (const connections of mode.txConnections) {
@@ -285,18 +304,18 @@ async function main(): Promise<void> {
     rows.push(...(await hl7Workloads(server, pipeline, mode, `R${Date.now().toString(36).toUpperCase()}`)));
     peaks.push({ process: 'agent', mb: peakRssMb(pipeline.agent.pid) });
     await pipeline.agent.stop();
-    peaks.push({ process: 'ermis server', mb: peakRssMb(server.process.pid) });
+    peaks.push(...serverPeaks(server, 'ermis server'));
     await server.process.stop();
 
     if (mode.scale) {
       console.log(`search at scale: generating ${(mode.scale.patients * mode.scale.observationsPerPatient).toLocaleString('en')} Observations`);
       await generateScaleData(args.databaseUrl, mode.scale);
-      server = await startErmis(args.databaseUrl, await freePort(), args.redisUrl);
+      server = await startErmis(args.databaseUrl, await freePort(), { redisUrl: args.redisUrl, workers: args.serverWorkers });
       target = await fhirTarget(server);
       const note = `${mode.scale.patients.toLocaleString('en')} patients × ${mode.scale.observationsPerPatient} Observations (bench/generate.ts) besides the imported data`;
       rows.push(await scaleSearch(target, args.databaseUrl, mode, note));
       rows.push(await readById(target, mode, await resourceIds(args.databaseUrl, 1_000_000, 'Observation'), 'scale-read', 'over the 1M Observations'));
-      peaks.push({ process: 'ermis server (1M data set)', mb: peakRssMb(server.process.pid) });
+      peaks.push(...serverPeaks(server, 'ermis server (1M data set)'));
       await server.process.stop();
     } else {
       const reason = 'full mode only (generating 1M Observations takes about 20 minutes)';

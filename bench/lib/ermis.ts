@@ -21,7 +21,13 @@ export interface ErmisServer {
   admin: MedplumClient;
 }
 
-export async function startErmis(databaseUrl: string, port: number, redisUrl: string | undefined): Promise<ErmisServer> {
+export interface ErmisOptions {
+  redisUrl: string | undefined;
+  /** SERVER_WORKERS: server processes sharing the port (more than one needs Redis). */
+  workers: number;
+}
+
+export async function startErmis(databaseUrl: string, port: number, options: ErmisOptions): Promise<ErmisServer> {
   const baseUrl = `http://127.0.0.1:${port}/`;
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH,
@@ -35,7 +41,8 @@ export async function startErmis(databaseUrl: string, port: number, redisUrl: st
     LOG_LEVEL: 'warn',
     // One client sending as fast as it can would otherwise measure the per-user request limit.
     RATE_LIMIT_REQUESTS_PER_MINUTE: '100000000',
-    ...(redisUrl ? { REDIS_URL: redisUrl } : {}),
+    SERVER_WORKERS: String(options.workers),
+    ...(options.redisUrl ? { REDIS_URL: options.redisUrl } : {}),
   };
   const proc = startNode('ermis server', ['server/src/main.ts'], env);
   const deadline = Date.now() + 120_000;

@@ -39,7 +39,7 @@ export interface LoadOptions {
   workers: number;
   warmupMs: number;
   durationMs: number;
-  /** Stop the window after this many iterations (a bound on count as well as time). */
+  /** Stop the window after this many iterations (a bound on count as well as time; default 1,000,000). */
   maxIterations?: number;
   iteration: (worker: number, timed: Timed) => Promise<void>;
   /** Called when the measured window opens and when the load has ended (to measure CPU over the window). */
@@ -96,7 +96,7 @@ export async function closedLoop(options: LoadOptions): Promise<LoadResult> {
       }
       if (inWindow(t0)) {
         iterations++;
-        if (options.maxIterations !== undefined && iterations >= options.maxIterations) {
+        if (iterations >= (options.maxIterations ?? 1_000_000)) {
           stopAt = Math.min(stopAt, performance.now());
         }
       }

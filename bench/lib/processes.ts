@@ -218,6 +218,11 @@ export function cpuMeter(groups: CpuGroups): { stop(): CpuUse } {
   };
 }
 
+/** Live child processes of `pid`. */
+export function childPids(pid: number): number[] {
+  return allStats().filter((s) => s.ppid === pid).map((s) => s.pid);
+}
+
 /** Peak resident memory of a process so far (VmHWM), in MB; NaN when it is gone. */
 export function peakRssMb(pid: number): number {
   try {

@@ -17,6 +17,8 @@ export interface MachineInfo {
   node: string;
   postgres: string;
   commit: string;
+  /** How ermis was configured for the run. */
+  setup: string;
 }
 
 interface Anchor {
@@ -113,19 +115,23 @@ const BUDGETS: Budget[] = [
   { row: 'scale-search', text: 'search at 1M Observations (subject + code + _sort=-date) p95 ≤ 20 ms', checks: [latency('p95', 20)] },
 ];
 
-/** What each workload spends its time on, measured in this project (bench/SEARCH-SCALE.md, profiles): the standing part of "why". */
+/**
+ * What each workload spends its time on, as measured in this project (CPU profiles of the server,
+ * statement counts and Postgres logs taken while developing the bench): the standing part of "why".
+ */
 const COST_NOTES: Partial<Record<RowId, string>> = {
   crud:
-    'Every request verifies the JWT, loads the session and access policy, and writes an AuditEvent (AUDIT_EVENTS=all); every write validates against the R4 definitions, extracts search-index values with FHIRPath and writes the resource, its history row and its index rows in one statement. The bare server does one insert of unvalidated JSON.',
-  'search-mix': 'Each search is compiled to SQL with the access policy as a predicate, counts no totals, and serialises 20 resources; `:contains` on names is a trigram scan.',
-  import: 'Each resource in a Bundle is validated, indexed (FHIRPath per search parameter) and written with its history and index rows, within one database transaction per Bundle; the Node process does this serially per Bundle.',
-  'read-by-id': 'A read checks the token and access policy, selects by (project, type, id) and writes an AuditEvent.',
+    'Per request about 6 statements against the bare server\'s 1: the login check, the write (resource, history, outbox and 10–20 search-index rows in one prepared statement), an AuditEvent insert (AUDIT_EVENTS=all audits every request), BEGIN/COMMIT and a lock read for updates and deletes, the outbox dispatch. Per write the server validates against the R4 definitions and extracts index values with FHIRPath (about a third of its CPU). The server\'s JavaScript runs on one core; SERVER_WORKERS=2 did not help on 2 cores (CRUD −16 %, import +9 %), Postgres needs the other one.',
+  'search-mix': 'Each search is compiled to one SQL statement with EXISTS over the index tables and the access policy as a predicate; broad matches (`category=laboratory`, date ranges, `:contains`) read many index rows before the first 20 by id; every request also checks its login and writes an AuditEvent.',
+  import:
+    'The server\'s one JavaScript thread is the limit (about 1.0 core busy, Postgres about 0.5): fhir-router handles the Bundle entry by entry, and each resource is validated, its search-index values extracted with FHIRPath and written with one prepared statement. The ceiling writes pre-serialised rows with two indexes.',
+  'read-by-id': 'A read checks the token and the login (one select), reads by (project, type, id) and writes an AuditEvent (AUDIT_EVENTS=all); the bare server does one select.',
   'scale-read': 'As read by id, with the tables at 1M rows.',
   'oru-8':
-    'Each message: the agent spools it (fsync), sends it over the websocket; the server runs the hl7-inbound bot, which reads the lab profile and the patient and writes the results, report and log entry in one transaction through the FHIR API, then the ACK goes back the same way.',
+    'Each message runs the hl7-inbound bot in a warm process (decision 0012): a login and token for the execution, about 9 API requests (duplicate check, lab profile, patient, order, earlier results), each authenticated and audited, then one transaction of about 13 resources (10 Observations, the report, the log entry and the raw message); the write alone costs what about 13 imported resources do. The ACK waits for all of it (original mode), per message.',
   'oru-1': 'As ORU on 8 connections, one message at a time.',
-  'adt-1': 'An ADT^A01 runs the bot as an ORU does, with a patient search and a Patient create.',
-  'adt-8': 'An ADT^A01 runs the bot as an ORU does, with a patient search and a Patient create.',
+  'adt-1': 'An ADT^A01 runs the bot as an ORU does: the duplicate check, a patient search and one transaction with the Patient and the log entry.',
+  'adt-8': 'An ADT^A01 runs the bot as an ORU does: the duplicate check, a patient search and one transaction with the Patient and the log entry.',
   'scale-search': 'One compiled SQL statement over the token and reference index tables at 1M Observations (query plans in bench/SEARCH-SCALE.md).',
 };
 
@@ -192,6 +198,7 @@ export function writeReport(input: { machine: MachineInfo; mode: ModeConfig; row
   line(`| OS | ${machine.os} |`);
   line(`| Node | ${machine.node} |`);
   line(`| PostgreSQL | ${machine.postgres} |`);
+  line(`| ermis | ${machine.setup} |`);
   line();
 
   line('## Budgets (DESIGN.md)');
