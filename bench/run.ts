@@ -144,12 +144,16 @@ function parseArgs(argv: string[]): Args {
       databaseUrl = argv[++i];
     } else if (a === '--redis-url') {
       redisUrl = argv[++i] || undefined;
+    } else if (a === '--scale') {
+      // e.g. 100x10: a small "1M" data set, to check the scale workloads quickly
+      const [patients, observationsPerPatient] = (argv[++i] ?? '').split('x').map(Number);
+      mode = { ...mode, scale: { patients, observationsPerPatient }, scaleQueries: mode.scaleQueries || 200 };
     } else if (a === '--server-workers') {
       serverWorkers = Number(argv[++i]);
     } else if (a === '--keep-db') {
       keepDb = true;
     } else {
-      console.error(`unknown argument ${a}\nusage: node bench/run.ts [--quick | --smoke] [--out FILE] [--database-url URL] [--redis-url URL|''] [--server-workers N] [--keep-db]`);
+      console.error(`unknown argument ${a}\nusage: node bench/run.ts [--quick | --smoke] [--out FILE] [--database-url URL] [--redis-url URL|''] [--server-workers N] [--scale PATIENTSxOBSERVATIONS] [--keep-db]`);
       process.exit(2);
     }
   }
@@ -245,13 +249,13 @@ async function generateScaleData(databaseUrl: string, scale: NonNullable<ModeCon
   }
 }
 
-/** Peak memory of the server's processes: the primary and, with SERVER_WORKERS > 1, each worker. */
-function serverPeaks(server: ErmisServer, label: string): { process: string; mb: number }[] {
-  const workers = childPids(server.process.pid);
-  return [
-    { process: workers.length ? `${label}, primary` : label, mb: peakRssMb(server.process.pid) },
-    ...workers.map((pid, i) => ({ process: `${label}, worker ${i + 1}`, mb: peakRssMb(pid) })),
-  ];
+/** Peak memory of the server's processes: the server (or with SERVER_WORKERS > 1 the primary and each worker) and its bot processes. */
+function serverPeaks(server: ErmisServer, label: string, workers: number): { process: string; mb: number }[] {
+  const children = childPids(server.process.pid);
+  if (workers > 1) {
+    return [{ process: `${label}, primary`, mb: peakRssMb(server.process.pid) }, ...children.map((pid, i) => ({ process: `${label}, worker ${i + 1}`, mb: peakRssMb(pid) }))];
+  }
+  return [{ process: label, mb: peakRssMb(server.process.pid) }, ...children.map((pid, i) => ({ process: `${label}: bot process ${i + 1}`, mb: peakRssMb(pid) }))];
 }
 
 async function fhirTarget(server: ErmisServer, agentPid?: number): Promise<FhirTarget> {
@@ -304,7 +308,7 @@ async function main(): Promise<void> {
     rows.push(...(await hl7Workloads(server, pipeline, mode, `R${Date.now().toString(36).toUpperCase()}`)));
     peaks.push({ process: 'agent', mb: peakRssMb(pipeline.agent.pid) });
     await pipeline.agent.stop();
-    peaks.push(...serverPeaks(server, 'ermis server'));
+    peaks.push(...serverPeaks(server, 'ermis server', args.serverWorkers));
     await server.process.stop();
 
     if (mode.scale) {
@@ -315,7 +319,7 @@ async function main(): Promise<void> {
       const note = `${mode.scale.patients.toLocaleString('en')} patients × ${mode.scale.observationsPerPatient} Observations (bench/generate.ts) besides the imported data`;
       rows.push(await scaleSearch(target, args.databaseUrl, mode, note));
       rows.push(await readById(target, mode, await resourceIds(args.databaseUrl, 1_000_000, 'Observation'), 'scale-read', 'over the 1M Observations'));
-      peaks.push(...serverPeaks(server, 'ermis server (1M data set)'));
+      peaks.push(...serverPeaks(server, 'ermis server (1M data set)', args.serverWorkers));
       await server.process.stop();
     } else {
       const reason = 'full mode only (generating 1M Observations takes about 20 minutes)';
