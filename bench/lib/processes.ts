@@ -123,20 +123,20 @@ function allStats(): ProcStat[] {
   return stats;
 }
 
-/** Ticks of a process and its live descendants (those that exited are in the parent's cutime). */
-function treeTicks(stats: ProcStat[], root: number): number {
+/** A process and its live descendants (those that exited are in their parent's reaped ticks). */
+function tree(stats: ProcStat[], root: number): ProcStat[] {
   const children = new Map<number, ProcStat[]>();
   for (const s of stats) {
     children.set(s.ppid, [...(children.get(s.ppid) ?? []), s]);
   }
-  let total = 0;
+  const found: ProcStat[] = [];
   const stack = stats.filter((s) => s.pid === root);
   while (stack.length) {
     const s = stack.pop() as ProcStat;
-    total += s.own + s.reaped;
+    found.push(s);
     stack.push(...(children.get(s.pid) ?? []));
   }
-  return total;
+  return found;
 }
 
 const TICKS_PER_SECOND = 100;
@@ -185,19 +185,28 @@ function postgresTicks(s: ProcStat): number {
 
 /** Starts measuring CPU per group (root pids with their process trees); `stop()` gives cores used meanwhile. */
 export function cpuMeter(groups: CpuGroups): { stop(): CpuUse } {
-  const snapshot = (): Record<string, number> => {
+  // Per process, so that a process ending during the window (an idle pool connection's backend,
+  // a bot process) loses only its own last ticks instead of making its group's sum go down.
+  const snapshot = (): Map<string, Map<number, number>> => {
     const stats = allStats();
-    const result: Record<string, number> = {};
+    const result = new Map<string, Map<number, number>>();
     for (const [group, pids] of Object.entries(groups)) {
-      const trees = (pids.trees ?? []).reduce((sum, pid) => sum + treeTicks(stats, pid), 0);
-      const self = stats.filter((s) => pids.self?.includes(s.pid)).reduce((sum, s) => sum + s.own, 0);
-      result[group] = trees + self;
+      const ticks = new Map<number, number>();
+      for (const root of pids.trees ?? []) {
+        for (const s of tree(stats, root)) {
+          ticks.set(s.pid, s.own + s.reaped);
+        }
+      }
+      for (const s of stats.filter((x) => pids.self?.includes(x.pid))) {
+        ticks.set(s.pid, s.own);
+      }
+      result.set(group, ticks);
     }
-    result.postgres = stats.reduce((sum, s) => sum + postgresTicks(s), 0);
-    result.machine = machineBusyTicks();
+    result.set('postgres', new Map(stats.filter((s) => s.comm === 'postgres').map((s) => [s.pid, postgresTicks(s)])));
     return result;
   };
   const before = snapshot();
+  const machineBefore = machineBusyTicks();
   const started = performance.now();
   return {
     stop: () => {
@@ -205,13 +214,16 @@ export function cpuMeter(groups: CpuGroups): { stop(): CpuUse } {
       const seconds = (performance.now() - started) / 1000;
       const cores: Record<string, number> = {};
       let accounted = 0;
-      for (const key of Object.keys(after)) {
-        if (key !== 'machine') {
-          cores[key] = Math.max(0, after[key] - before[key]) / TICKS_PER_SECOND / seconds;
-          accounted += cores[key];
+      for (const [group, ticks] of after) {
+        const earlier = before.get(group) ?? new Map<number, number>();
+        let delta = 0;
+        for (const [pid, t] of ticks) {
+          delta += Math.max(0, t - (earlier.get(pid) ?? 0));
         }
+        cores[group] = delta / TICKS_PER_SECOND / seconds;
+        accounted += cores[group];
       }
-      const machine = (after.machine - before.machine) / TICKS_PER_SECOND / seconds;
+      const machine = (machineBusyTicks() - machineBefore) / TICKS_PER_SECOND / seconds;
       cores.other = Math.max(0, machine - accounted);
       return { cores, seconds };
     },

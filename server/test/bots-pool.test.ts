@@ -3,6 +3,7 @@ import { afterEach, describe, expect, test } from 'vitest';
 import { BotRuntime } from '../src/bots/runtime.ts';
 import type { RuntimeOptions } from '../src/bots/runtime.ts';
 import { until } from './harness.ts';
+import { alive } from '../../tests/support/processes.ts';
 
 // The runtime alone, without a server: these bots never call the API, so its address and token are dummies.
 const BASE_URL = 'http://127.0.0.1:9/';
@@ -32,14 +33,6 @@ async function pidOf(r: BotRuntime, bot: string, input = 'go', code = BOT): Prom
   return Number(result.body);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('the bot process pool', () => {
   test('it holds at most `concurrency` processes; another bot takes the least recently used idle one', async () => {

@@ -2,6 +2,7 @@ import type { AuditEvent, Bot, Patient, Project, Subscription } from '@medplum/f
 import { describe, expect, test } from 'vitest';
 import { CronScheduler, timingToCron } from '../src/bots/cron.ts';
 import { startTestServer, unique, until, useTestServer } from './harness.ts';
+import { alive } from '../../tests/support/processes.ts';
 
 const t = useTestServer({ BOT_TIMEOUT_MS: '3000', BOT_MEMORY_MB: '64', JOB_RETRY_BASE_MS: '50', CRON_TICK_MS: '300' });
 
@@ -225,15 +226,6 @@ exports.handler = async (medplum, event) => {
   expect(third.text).toBe(first.text); // same process, and its own answer
 });
 
-/** Whether a process is alive (the test runs as the bots' owner or as root). */
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe('warm bot processes', () => {
   const PID_BOT = `let runs = 0;

@@ -5,7 +5,6 @@
  */
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
 import http from 'node:http';
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -13,6 +12,7 @@ import path from 'node:path';
 import { afterAll, expect, test } from 'vitest';
 import { signIn } from '../../seed/seed.ts';
 import { createTestDatabase, freePort, TEST_ADMIN, until } from './harness.ts';
+import { alive, childPids } from '../../tests/support/processes.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const REDIS = process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -25,34 +25,6 @@ afterAll(() => {
     }
   }
 });
-
-/** Live child processes of `pid` (from /proc). */
-function childPids(pid: number): number[] {
-  const pids: number[] = [];
-  for (const entry of readdirSync('/proc')) {
-    if (/^\d+$/.test(entry)) {
-      try {
-        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-        if (Number(fields[1]) === pid && fields[0] !== 'Z') {
-          pids.push(Number(entry));
-        }
-      } catch {
-        // gone meanwhile
-      }
-    }
-  }
-  return pids;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function start(env: Record<string, string>): Promise<{ child: ChildProcess; output: () => string }> {
   const base: NodeJS.ProcessEnv = { ...process.env, DATA_DIR: await mkdtemp(path.join(tmpdir(), 'ermis-cluster-')), LOG_LEVEL: 'warn', ADMIN_EMAIL: TEST_ADMIN.email, ADMIN_PASSWORD: TEST_ADMIN.password };

@@ -10,20 +10,13 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { expect, inject, test } from 'vitest';
+import { alive } from '../support/processes.ts';
 
 const ROOT = path.resolve(import.meta.dirname, '..', '..');
 
 const MEASURED = ['pg-single', 'pg-20', 'bare-create', 'bare-read', 'mllp-echo-1', 'mllp-echo-8', 'crud', 'tx-1', 'tx-8', 'import', 'search-mix', 'read-by-id', 'adt-1', 'adt-8', 'oru-1', 'oru-8'];
 const FULL_ONLY = ['tx-32', 'scale-search', 'scale-read'];
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 test('npm run bench (smoke mode) measures every workload without errors, reports every row and leaves nothing behind', async () => {
   const admin = new URL(inject('adminDatabaseUrl'));

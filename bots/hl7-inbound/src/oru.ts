@@ -45,8 +45,31 @@ export interface OruPlan {
   lab?: Reference<Organization>;
 }
 
+/**
+ * Lab profiles read in the last minute, by sending application and facility. The bot's process is
+ * kept warm between messages (decision 0012), so a busy interface reads its lab's Organization,
+ * ConceptMap and ObservationDefinitions once a minute instead of three requests per message; a
+ * profile edited meanwhile applies within that minute.
+ */
+const PROFILE_TTL_MS = 60_000;
+const profiles = new Map<string, { profile: LabProfile; expires: number }>();
+
 /** The lab's profile, found by the sending facility (MSH-4); an unknown lab gets an empty one keyed by it. */
 export async function loadLabProfile(medplum: MedplumClient, msg: Hl7Message): Promise<LabProfile> {
+  const key = JSON.stringify(labProfileKeyFromMessage(msg));
+  const cached = profiles.get(key);
+  if (cached && cached.expires > Date.now()) {
+    return cached.profile;
+  }
+  const profile = await readLabProfile(medplum, msg);
+  if (profiles.size > 100) {
+    profiles.clear();
+  }
+  profiles.set(key, { profile, expires: Date.now() + PROFILE_TTL_MS });
+  return profile;
+}
+
+async function readLabProfile(medplum: MedplumClient, msg: Hl7Message): Promise<LabProfile> {
   const { application, facility } = labProfileKeyFromMessage(msg);
   const orgs = facility ? await medplum.searchResources('Organization', { identifier: `${HL7_SENDER_SYSTEM}|${facility}`, _count: '2' }) : [];
   const org = orgs.length === 1 ? orgs[0] : undefined;
