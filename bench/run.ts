@@ -258,12 +258,13 @@ function serverPeaks(server: ErmisServer, label: string, workers: number): { pro
   return [{ process: label, mb: peakRssMb(server.process.pid) }, ...children.map((pid, i) => ({ process: `${label}: bot process ${i + 1}`, mb: peakRssMb(pid) }))];
 }
 
-async function fhirTarget(server: ErmisServer, agentPid?: number): Promise<FhirTarget> {
+/** The bench client's token, and the processes whose CPU the FHIR workloads report. */
+async function fhirTarget(server: ErmisServer): Promise<FhirTarget> {
   const client = await createBenchClient(server);
   return {
     fhirUrl: server.fhirUrl,
     token: await clientToken(server, client),
-    groups: { server: { trees: [server.process.pid] }, ...(agentPid ? { agent: { trees: [agentPid] } } : {}), bench: { self: [process.pid] } },
+    groups: { server: { trees: [server.process.pid] }, bench: { self: [process.pid] } },
   };
 }
 
