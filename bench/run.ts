@@ -3,7 +3,7 @@
  *
  *   node bench/run.ts [--quick | --smoke] [--out FILE] [--database-url URL] [--redis-url URL] [--keep-db]
  *
- * Full (default, about 45 min): every workload, 1k patients for the search mix, then 1M
+ * Full (default, about 30 min on the 2-core machine): every workload, 1k patients for the search mix, then 1M
  * Observations for search at scale; rewrites bench/REPORT.md. Quick (under 10 min): shorter
  * windows, fewer patients, no 1M data set; writes bench/results/REPORT-quick.md. Smoke (about
  * 1–2 min, for the test suite): every workload for a second or two, tiny data, writes where --out says.
@@ -325,7 +325,7 @@ async function main(): Promise<void> {
       peaks.push(...serverPeaks(server, 'ermis server (1M data set)', args.serverWorkers));
       await server.process.stop();
     } else {
-      const reason = 'full mode only (generating 1M Observations takes about 20 minutes)';
+      const reason = 'full mode only (generating 1M Observations takes about 10 minutes)';
       skipped.push({ id: 'scale-search', workload: 'search at 1M Observations: Observation?subject={patient}&code={loinc}&_sort=-date', reason });
       skipped.push({ id: 'scale-read', workload: 'read by id: GET Observation/{id} over the 1M Observations', reason });
     }

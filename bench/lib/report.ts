@@ -161,8 +161,10 @@ function bottleneck(row: Row, vcpus: number): string {
   const total = Object.values(c).reduce((a, b) => a + b, 0);
   const server = (c.server ?? 0) + (c.agent ?? 0);
   const parts: string[] = [];
-  if (total >= vcpus * 0.85) {
+  if (total >= vcpus * 0.9) {
     parts.push(`the machine was CPU-bound (${total.toFixed(2)} of ${vcpus} cores busy: ${cpuText(row, vcpus)})`);
+  } else if (total >= vcpus * 0.75) {
+    parts.push(`the machine was nearly CPU-bound (${total.toFixed(2)} of ${vcpus} cores busy: ${cpuText(row, vcpus)}), little left for more concurrency`);
   } else {
     parts.push(`the machine was not CPU-bound (${total.toFixed(2)} of ${vcpus} cores: ${cpuText(row, vcpus)}), so time went to waiting (round trips, locks, fsync, one-at-a-time work)`);
   }
