@@ -9,6 +9,7 @@ import path from 'node:path';
 import type { MedplumClient } from '@medplum/core';
 import type { AccessPolicy, ClientApplication } from '@medplum/fhirtypes';
 import { signIn } from '../../seed/seed.ts';
+import { CRUD_TYPES } from './crud-resources.ts';
 import { startNode } from './processes.ts';
 import type { BenchProcess } from './processes.ts';
 
@@ -57,22 +58,8 @@ export async function startErmis(databaseUrl: string, port: number, options: Erm
   return { process: proc, baseUrl, fhirUrl: `${baseUrl}fhir/R4/`, admin };
 }
 
-/** Every resource type the workloads write or read. */
-const BENCH_TYPES = [
-  'Patient',
-  'Location',
-  'Organization',
-  'Practitioner',
-  'Encounter',
-  'Observation',
-  'MedicationRequest',
-  'Claim',
-  'ExplanationOfBenefit',
-  'DiagnosticReport',
-  'Condition',
-  'Procedure',
-  'Immunization',
-];
+/** Every resource type the workloads write or read: the CRUD mix's and the rest of a patient bundle's. */
+const BENCH_TYPES = [...CRUD_TYPES, 'DiagnosticReport', 'Condition', 'Procedure', 'Immunization'];
 
 export interface BenchClient {
   clientId: string;

@@ -9,6 +9,9 @@
 import cluster from 'node:cluster';
 import type { Worker } from 'node:cluster';
 
+const RESTART_DELAY_MS = 1000;
+const SHUTDOWN_TIMEOUT_MS = 20_000;
+
 export interface ClusterOptions {
   workers: number;
   /** Environment every worker gets on top of the primary's (e.g. the embedded database's URL). */
@@ -24,7 +27,8 @@ export async function runPrimary(options: ClusterOptions): Promise<void> {
     worker.once('exit', (code, signal) => {
       if (!stopping) {
         console.error(`server worker ${worker.process.pid} exited (${signal ?? code}); starting another`);
-        fork();
+        // A second apart: a worker that cannot start must not turn into a fork loop.
+        setTimeout(() => !stopping && fork(), RESTART_DELAY_MS);
       }
     });
     return worker;
@@ -49,7 +53,12 @@ export async function runPrimary(options: ClusterOptions): Promise<void> {
               resolve();
               return;
             }
-            worker.once('exit', () => resolve());
+            // A worker that does not finish its shutdown in time is killed.
+            const kill = setTimeout(() => worker.process.kill('SIGKILL'), SHUTDOWN_TIMEOUT_MS);
+            worker.once('exit', () => {
+              clearTimeout(kill);
+              resolve();
+            });
             worker.process.kill(signal);
           })
       )

@@ -80,10 +80,11 @@ export class JobRunner {
     this.notify(this.dispatcherWaiters);
     this.notify(this.workerWaiters);
     await Promise.all(this.loops);
-    if (this.listener) {
-      await this.listener.query('UNLISTEN *').catch(() => undefined);
-      this.listener.release();
+    const listener = this.listener;
+    if (listener) {
       this.listener = undefined;
+      await listener.query('UNLISTEN *').catch(() => undefined);
+      listener.release();
     }
   }
 
@@ -93,8 +94,12 @@ export class JobRunner {
     this.listener = client;
     client.on('notification', () => this.notify(this.workerWaiters));
     client.on('error', () => {
-      client.release(true);
+      // A client already given back (stop) may still report its connection's end: once only.
+      if (this.listener !== client) {
+        return;
+      }
       this.listener = undefined;
+      client.release(true);
       if (this.running) {
         setTimeout(() => void this.listen().catch(() => undefined), 1000);
       }
