@@ -20,7 +20,7 @@ export interface HttpResponse {
 export class HttpTarget {
   private readonly pool: Pool;
   private readonly basePath: string;
-  private authorization: string | undefined;
+  private readonly authorization: string | undefined;
 
   /** `baseUrl`: e.g. http://127.0.0.1:8103/fhir/R4/ (paths are relative to it). */
   constructor(baseUrl: string, connections: number, token?: string) {
@@ -28,10 +28,6 @@ export class HttpTarget {
     this.pool = new Pool(url.origin, { connections, pipelining: 1, headersTimeout: 120_000, bodyTimeout: 120_000 });
     this.basePath = url.pathname.endsWith('/') ? url.pathname : `${url.pathname}/`;
     this.authorization = token ? `Bearer ${token}` : undefined;
-  }
-
-  setToken(token: string): void {
-    this.authorization = `Bearer ${token}`;
   }
 
   /** Sends one request; throws UnexpectedStatus unless the status is one of `expect`. */

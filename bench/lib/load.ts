@@ -28,8 +28,6 @@ export interface LoadResult {
   ops: OpResult[];
   /** The first few distinct error messages. */
   errorSamples: string[];
-  /** Iterations completed in the window. */
-  iterations: number;
 }
 
 /** Times one operation inside an iteration; a thrown error counts as that operation's error and ends the iteration. */
@@ -124,6 +122,5 @@ export async function closedLoop(options: LoadOptions): Promise<LoadResult> {
     p99: percentile(all, 99),
     ops,
     errorSamples: [...errorSamples],
-    iterations,
   };
 }

@@ -25,23 +25,22 @@ interface Anchor {
   label: string;
   /** The anchor's throughput per vCPU (per core), in the row's unit. */
   perVcpu: number;
-  source: string;
 }
 
-/** Published figures (../shared/reference/performance-anchors.md), per vCPU of the published setup. */
+/** Published figures, per vCPU of the published setup; sources and credibility in ../shared/reference/performance-anchors.md. */
 const ANCHORS: Partial<Record<RowId, Anchor>> = {
-  crud: { label: 'Medplum 1,420 req/s on 16 vCPU (HAPI 191/vCPU, Aidbox 326/vCPU)', perVcpu: 1420 / 16, source: 'Health Samurai benchmark, run of 2026-06-28 (§1.1)' },
-  'search-mix': { label: 'Medplum 1,796 req/s on 16 vCPU (HAPI 63/vCPU, Aidbox 213/vCPU)', perVcpu: 1796 / 16, source: 'Health Samurai benchmark (§1.1)' },
-  import: { label: 'Medplum 764 resources/s on 16 vCPU (HAPI 138/vCPU, Aidbox 167/vCPU)', perVcpu: 764 / 16, source: 'Health Samurai benchmark (§1.1)' },
-  'tx-1': { label: 'Blaze 1,282 tx/s at 1 VU, 128-core EPYC 9555', perVcpu: 1282 / 128, source: 'Blaze docs/performance/load-testing (§1.3)' },
-  'tx-8': { label: 'Blaze 5,408 tx/s at 8 VUs, 128-core EPYC 9555', perVcpu: 5408 / 128, source: 'Blaze docs/performance/load-testing (§1.3)' },
-  'tx-32': { label: 'Blaze 5,617 tx/s at 64 VUs, 128-core EPYC 9555', perVcpu: 5617 / 128, source: 'Blaze docs/performance/load-testing (§1.3)' },
-  'read-by-id': { label: 'Blaze 48,868 req/s at 64 VUs, 24-core Ryzen (Medplum cluster: 347/vCPU authenticated)', perVcpu: 48868 / 24, source: 'Blaze docs/performance (§1.3), Medplum blog 2026 (§1.2)' },
-  'scale-read': { label: 'Blaze 48,868 req/s at 64 VUs over 1M patients, 24-core Ryzen', perVcpu: 48868 / 24, source: 'Blaze docs/performance (§1.3)' },
-  'oru-1': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted', perVcpu: 5560 / 28, source: 'InterSystems HL7v2 throughput (§3)' },
-  'oru-8': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted (Iguana: 486 msg/s a box)', perVcpu: 5560 / 28, source: 'InterSystems HL7v2 throughput (§3)' },
-  'adt-1': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted', perVcpu: 5560 / 28, source: 'InterSystems HL7v2 throughput (§3)' },
-  'adt-8': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted', perVcpu: 5560 / 28, source: 'InterSystems HL7v2 throughput (§3)' },
+  crud: { label: 'Medplum 1,420 req/s on 16 vCPU (HAPI 191/vCPU, Aidbox 326/vCPU)', perVcpu: 1420 / 16 },
+  'search-mix': { label: 'Medplum 1,796 req/s on 16 vCPU (HAPI 63/vCPU, Aidbox 213/vCPU)', perVcpu: 1796 / 16 },
+  import: { label: 'Medplum 764 resources/s on 16 vCPU (HAPI 138/vCPU, Aidbox 167/vCPU)', perVcpu: 764 / 16 },
+  'tx-1': { label: 'Blaze 1,282 tx/s at 1 VU, 128-core EPYC 9555', perVcpu: 1282 / 128 },
+  'tx-8': { label: 'Blaze 5,408 tx/s at 8 VUs, 128-core EPYC 9555', perVcpu: 5408 / 128 },
+  'tx-32': { label: 'Blaze 5,617 tx/s at 64 VUs, 128-core EPYC 9555', perVcpu: 5617 / 128 },
+  'read-by-id': { label: 'Blaze 48,868 req/s at 64 VUs, 24-core Ryzen (Medplum cluster: 347/vCPU authenticated)', perVcpu: 48868 / 24 },
+  'scale-read': { label: 'Blaze 48,868 req/s at 64 VUs over 1M patients, 24-core Ryzen', perVcpu: 48868 / 24 },
+  'oru-1': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted', perVcpu: 5560 / 28 },
+  'oru-8': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted (Iguana: 486 msg/s a box)', perVcpu: 5560 / 28 },
+  'adt-1': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted', perVcpu: 5560 / 28 },
+  'adt-8': { label: 'InterSystems Ensemble 2015.1: 5,560 msg/s on 28 cores, persisted', perVcpu: 5560 / 28 },
 };
 
 /** Earlier measurements of the same ceilings on a 2-core development machine (performance-anchors.md §6; not published). */
